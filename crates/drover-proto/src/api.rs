@@ -1,0 +1,205 @@
+//! Operator REST API documents (`/api/v1`).
+//!
+//! Request types reject unknown fields so that a typo in a script is an error
+//! instead of a silently ignored option. Times are RFC 3339 strings in UTC.
+
+use serde::{Deserialize, Serialize};
+
+/// What an API token may do. Each role includes the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read-only access to fleet state and the audit log.
+    Viewer,
+    /// May change fleet state (devices, groups, deployments).
+    Operator,
+    /// Everything, including API tokens.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// True when a caller holding `self` may use something that needs `needed`.
+    pub fn allows(self, needed: Role) -> bool {
+        self >= needed
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "unknown role {other:?}: expected one of viewer, operator, admin"
+            )),
+        }
+    }
+}
+
+/// The single error shape of every API failure: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `forbidden`, `invalid_request`.
+    pub code: String,
+    /// One sentence for a human: what was wrong and what to do.
+    pub message: String,
+}
+
+/// Body of `POST /api/v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// Human label, 1–64 characters of letters, digits, `-`, `_`, `.`, `@` or space.
+    pub name: String,
+    pub role: Role,
+    /// Lifetime in seconds; absent means the token does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// An API token as listed: never contains the secret.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub created_at: String,
+    /// Token id of the creator; absent for the bootstrap admin token.
+    pub created_by: Option<String>,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+    pub last_used_at: Option<String>,
+}
+
+/// Answer to `POST /api/v1/tokens`: the only time the secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    /// The bearer token. Store it now: the server keeps only its hash.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TokenList {
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// Answer to `GET /api/v1/whoami`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WhoAmI {
+    pub token_id: String,
+    pub name: String,
+    pub role: Role,
+    pub server_version: String,
+}
+
+/// How a recorded call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum AuditOutcome {
+    /// The change was applied.
+    Success,
+    /// The caller's role did not allow it.
+    Denied,
+    /// The request was refused (bad input, conflict, server error); nothing changed.
+    Failed,
+}
+
+impl AuditOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditOutcome::Success => "success",
+            AuditOutcome::Denied => "denied",
+            AuditOutcome::Failed => "failed",
+        }
+    }
+}
+
+impl std::str::FromStr for AuditOutcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "success" => Ok(AuditOutcome::Success),
+            "denied" => Ok(AuditOutcome::Denied),
+            "failed" => Ok(AuditOutcome::Failed),
+            other => Err(format!("unknown audit outcome {other:?}")),
+        }
+    }
+}
+
+/// One audit log entry: who did what, when, and how it ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditEntry {
+    /// Increasing id; pass it as `before` to page backwards.
+    pub id: i64,
+    pub at: String,
+    /// Token id of the caller.
+    pub actor: String,
+    /// Token name of the caller at the time of the call.
+    pub actor_name: String,
+    /// What was attempted, e.g. `tokens.create`.
+    pub action: String,
+    /// The object acted on, e.g. a token id, when there is one.
+    pub target: Option<String>,
+    pub method: String,
+    pub path: String,
+    /// HTTP status of the answer.
+    pub status: u16,
+    pub outcome: AuditOutcome,
+    /// Extra facts about the change (never secrets).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `before` to get the next (older) page; absent on the last page.
+    pub next_before: Option<i64>,
+}
+
+/// Answer to `GET /healthz`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Health {
+    /// `ok` or `degraded`.
+    pub status: String,
+    /// `ok` or why the database is not usable.
+    pub database: String,
+    pub version: String,
+}

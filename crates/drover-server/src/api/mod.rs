@@ -1,0 +1,160 @@
+//! The operator REST API under `/api/v1`, plus `/healthz` and `/metrics`.
+//!
+//! Routes are declared with `utoipa` so the OpenAPI document served at
+//! `/api/v1/openapi.json` is built from the same code that routes requests
+//! and cannot drift. Each operation names the role it needs in its security
+//! requirement (`bearer: [role]`), and the handler enforces that same role;
+//! a test walks the document and checks every route against every role.
+//!
+//! Layers, outermost first: request metrics and tracing, authentication (puts
+//! a [`Caller`] or an [`AuthRejection`] in the request), audit (records every
+//! mutating call that is not already audited by its handler), handlers.
+
+mod audit_log;
+mod extract;
+mod middleware;
+mod system;
+mod tokens;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, StatusCode};
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::ApiError;
+use crate::store::Store;
+
+pub use extract::{ApiJson, ApiQuery, AuditCtx, Audited};
+
+/// Largest request body the API accepts.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub(crate) touched: Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        AppState {
+            store,
+            metrics: crate::telemetry::prometheus(),
+            touched: Default::default(),
+        }
+    }
+}
+
+/// The name of each mutating operation as written in the audit log.
+/// One table, used by handlers and by the audit layer for calls that fail
+/// before a handler runs (bad JSON, wrong role).
+const ACTIONS: &[(Method, &str, &str)] = &[
+    (Method::POST, "/api/v1/tokens", "tokens.create"),
+    (Method::DELETE, "/api/v1/tokens/{id}", "tokens.revoke"),
+];
+
+pub(crate) fn action_name(method: &Method, route: &str) -> String {
+    ACTIONS
+        .iter()
+        .find(|(m, r, _)| m == method && *r == route)
+        .map(|(_, _, a)| (*a).to_string())
+        .unwrap_or_else(|| format!("{method} {route}"))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Drover operator API",
+        description = "Manage a Drover fleet. Authenticate with `Authorization: Bearer <token>`; \
+                       each operation lists the least role it needs (viewer < operator < admin) \
+                       in its `bearer` security requirement. Errors are always \
+                       `{\"error\": {\"code\", \"message\"}}`."
+    ),
+    modifiers(&BearerScheme),
+    components(schemas(drover_proto::api::ErrorBody))
+)]
+struct ApiDoc;
+
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Builds the whole HTTP application and its OpenAPI document.
+pub fn router(state: AppState) -> Router {
+    let (api, openapi) = api_routes().split_for_parts();
+    let openapi = Arc::new(openapi);
+
+    let api = api
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::audit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::authenticate,
+        ));
+
+    Router::new()
+        .merge(api)
+        .route(
+            "/api/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = openapi.clone();
+                async move { axum::Json((*doc).clone()) }
+            }),
+        )
+        .route("/healthz", axum::routing::get(system::healthz))
+        .route("/metrics", axum::routing::get(system::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(middleware::observe))
+        .with_state(state)
+}
+
+/// The OpenAPI document, without serving anything (for docs and tests).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    api_routes().into_openapi()
+}
+
+/// Every authenticated `/api/v1` route, each with its OpenAPI description.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(system::whoami))
+        .routes(routes!(tokens::create_token, tokens::list_tokens))
+        .routes(routes!(tokens::get_token, tokens::revoke_token))
+        .routes(routes!(audit_log::list_audit))
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no such route: {method} {}. The API is described at /api/v1/openapi.json",
+        uri.path()
+    ))
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{method} is not allowed on {}; see /api/v1/openapi.json",
+            uri.path()
+        ),
+    )
+}

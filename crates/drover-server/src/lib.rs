@@ -1,0 +1,24 @@
+//! `drover server`: the control plane.
+//!
+//! Map of this crate (see docs/architecture.md for the whole system):
+//! - [`server`] starts and stops everything: data dir lock, store, CA, TLS.
+//! - [`api`] is the HTTP application: operator REST API, health, metrics.
+//! - [`store`] is persistence behind the [`store::Store`] trait (SQLite, PostgreSQL).
+//! - [`auth`] mints and checks operator API tokens.
+//! - [`pki`] is the fleet CA and the server certificate.
+//! - [`http`] is the accept loop (TLS, HTTP/1.1, graceful shutdown).
+
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod http;
+pub mod pki;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+
+pub use config::ServerConfig;
+pub use server::{RunningServer, StartError, start};
