@@ -255,20 +255,31 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
         source,
     })?;
     let lock = lock_data_dir(&cfg.data_dir)?;
+    // Bind first so `--listen 127.0.0.1:0` yields the real port for the URL.
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
 
     let scheme = if cfg.insecure_http { "http" } else { "https" };
     let public_url = cfg.public_url.clone().unwrap_or_else(|| {
-        let host = if cfg.listen.ip().is_unspecified() {
+        let host = if local_addr.ip().is_unspecified() {
             "localhost".to_string()
         } else {
-            cfg.listen.ip().to_string()
+            local_addr.ip().to_string()
         };
         let host = if host.contains(':') {
             format!("[{host}]")
         } else {
             host
         };
-        format!("{scheme}://{host}:{}", cfg.listen.port())
+        format!("{scheme}://{host}:{}", local_addr.port())
     });
     let (url_scheme, public_host, _) =
         parse_url(&public_url).map_err(|reason| StartError::PublicUrl {
@@ -302,26 +313,17 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
         None
     } else {
         let mut hosts = vec![public_host];
-        for extra in ["localhost".to_string(), cfg.listen.ip().to_string()] {
-            if !cfg.listen.ip().is_unspecified() || extra == "localhost" {
-                if !hosts.contains(&extra) {
-                    hosts.push(extra);
-                }
+        let mut extras = vec!["localhost".to_string()];
+        if !local_addr.ip().is_unspecified() {
+            extras.push(local_addr.ip().to_string());
+        }
+        for extra in extras {
+            if !hosts.contains(&extra) {
+                hosts.push(extra);
             }
         }
         Some(Arc::new(server_tls(&cfg, &ca, &hosts)?))
     };
-
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: cfg.listen,
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: cfg.listen,
-        source,
-    })?;
 
     let state = AppState::new(Arc::new(store.clone()));
     let app = router(state);
