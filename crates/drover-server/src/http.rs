@@ -18,7 +18,8 @@ use tokio_rustls::TlsAcceptor;
 
 /// A handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long shutdown waits for open requests before closing them.
+/// How long shutdown waits for open requests before it gives up on them
+/// (they end with the process).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` until `shutdown` turns true, then drains.
@@ -104,7 +105,9 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!("some connections did not finish within {DRAIN_TIMEOUT:?}; closing them");
+        tracing::warn!(
+            "some connections did not finish within {DRAIN_TIMEOUT:?}; they end with the process"
+        );
     }
 }
 

@@ -56,7 +56,8 @@ pub enum StartError {
     },
 }
 
-/// A started server. Dropping it does not stop it; call [`shutdown`](Self::shutdown).
+/// A started server. Dropping it stops accepting at once and releases the
+/// data directory; call [`shutdown`](Self::shutdown) to drain and close cleanly.
 pub struct RunningServer {
     pub local_addr: SocketAddr,
     /// The URL operators and devices use.
@@ -154,7 +155,9 @@ fn parse_url(url: &str) -> Result<(String, String, Option<u16>), String> {
     Ok((scheme.to_string(), host, port))
 }
 
-/// Creates the bootstrap admin token when the store has no token at all.
+/// Creates a bootstrap admin token when no usable admin token exists: on the
+/// first start, and as the recovery path when every admin token expired
+/// (whoever can restart the server with its data directory is its admin).
 /// The file is written before the database row so that a crash in between
 /// never leaves an admin token nobody can read.
 async fn bootstrap_admin(
@@ -165,7 +168,7 @@ async fn bootstrap_admin(
         url: redact_url(&cfg.database_url()),
         source,
     };
-    if store.count_tokens().await.map_err(db)? > 0 {
+    if store.count_usable_admins(now_ms()).await.map_err(db)? > 0 {
         return Ok(None);
     }
     let minted = mint_token();

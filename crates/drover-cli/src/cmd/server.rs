@@ -1,6 +1,6 @@
 //! `drover server`: runs the control plane until SIGTERM or SIGINT.
 
-use drover_server::ServerConfig;
+use drover_server::{ServerConfig, StartError};
 
 use crate::cli::{LogFormat, ServerArgs};
 use crate::error::{CliError, CliResult};
@@ -38,9 +38,11 @@ pub async fn run(args: ServerArgs, json: bool) -> CliResult<()> {
         tls_key: args.tls_key,
         insecure_http: args.insecure_http,
     };
-    let server = drover_server::start(cfg)
-        .await
-        .map_err(|e| CliError::failed(e.to_string()))?;
+    let server = drover_server::start(cfg).await.map_err(|e| match e {
+        // Mistakes in the flags themselves are usage errors.
+        StartError::PublicUrl { .. } | StartError::Tls(_) => CliError::usage(e.to_string()),
+        other => CliError::failed(other.to_string()),
+    })?;
     let data = server.data_dir.display().to_string();
     let ca = server.data_dir.join("ca.crt").display().to_string();
     if json {

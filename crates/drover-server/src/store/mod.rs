@@ -145,12 +145,15 @@ pub trait Store: Send + Sync + 'static {
     async fn set_meta(&self, key: &str, value: &str) -> StoreResult<()>;
 
     async fn count_tokens(&self) -> StoreResult<i64>;
+    /// Admin tokens that are neither revoked nor expired at `now`.
+    async fn count_usable_admins(&self, now: i64) -> StoreResult<i64>;
     /// Stores a new token, and its audit entry when one is given, atomically.
     async fn create_token(&self, token: &TokenRecord, audit: Option<&NewAudit>) -> StoreResult<()>;
     async fn get_token(&self, id: &str) -> StoreResult<Option<TokenRecord>>;
     async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>>;
     /// Revokes a token at `at` with its audit entry, atomically.
-    /// `audit` is completed with the outcome before it is written.
+    /// `audit` is written only when the token is actually revoked; refusals
+    /// are recorded by the API's audit layer.
     async fn revoke_token(&self, id: &str, at: i64, audit: &NewAudit)
     -> StoreResult<RevokeOutcome>;
     /// Records that a token was used (callers throttle this).

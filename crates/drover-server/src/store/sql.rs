@@ -67,6 +67,10 @@ macro_rules! insert_audit {
     }};
 }
 
+/// Usable admin tokens other than `$1` at time `$2`.
+const USABLE_ADMINS_SQL: &str = "SELECT COUNT(*) FROM api_tokens WHERE role = 'admin' AND id <> $1
+     AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)";
+
 const TOKEN_COLUMNS: &str =
     "id, name, role, secret_hash, created_at, created_by, expires_at, revoked_at, last_used_at";
 
@@ -223,6 +227,18 @@ impl Store for SqlStore {
         Ok(n)
     }
 
+    async fn count_usable_admins(&self, now: i64) -> StoreResult<i64> {
+        let n = on_pool!(self, p => {
+            sqlx::query(USABLE_ADMINS_SQL)
+                .bind("")
+                .bind(now)
+                .fetch_one(p)
+                .await?
+                .try_get::<i64, _>(0)
+        })?;
+        Ok(n)
+    }
+
     async fn create_token(&self, t: &TokenRecord, audit: Option<&NewAudit>) -> StoreResult<()> {
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
@@ -301,10 +317,7 @@ impl Store for SqlStore {
                 return Ok(RevokeOutcome::AlreadyRevoked(token));
             }
             if token.role == Role::Admin {
-                let others: i64 = sqlx::query(
-                    "SELECT COUNT(*) FROM api_tokens WHERE role = 'admin' AND id <> $1
-                     AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)",
-                )
+                let others: i64 = sqlx::query(USABLE_ADMINS_SQL)
                 .bind(id)
                 .bind(at)
                 .fetch_one(&mut *tx)
