@@ -203,3 +203,195 @@ pub struct Health {
     pub database: String,
     pub version: String,
 }
+
+/// A flat key/value document (tags, inventory, configuration).
+pub type Document = std::collections::BTreeMap<String, String>;
+
+/// Body of `POST /api/v1/enroll-tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnrollToken {
+    /// A label, like API token names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Tags every device enrolled with this token gets.
+    #[serde(default)]
+    pub tags: Document,
+    /// How many devices may enroll with it; absent means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses: Option<u64>,
+    /// Lifetime in seconds; absent means it does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnrollTokenInfo {
+    pub id: String,
+    pub name: String,
+    pub tags: Document,
+    pub uses_left: Option<i64>,
+    pub expires_at: Option<String>,
+    pub created_at: String,
+    pub created_by: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreatedEnrollToken {
+    #[serde(flatten)]
+    pub info: EnrollTokenInfo,
+    /// Give this to `drover-agent enroll --token`; shown only now.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnrollTokenList {
+    pub tokens: Vec<EnrollTokenInfo>,
+}
+
+/// A device in lists.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceSummary {
+    pub id: String,
+    pub hostname: Option<String>,
+    /// `pending`, `accepted`, `rejected` or `revoked`.
+    pub enrollment: String,
+    /// `online` or `offline`.
+    pub connection: String,
+    pub tags: Document,
+    pub agent_version: Option<String>,
+    pub last_seen: Option<String>,
+    /// Whether the device reported the configuration it should have.
+    pub in_sync: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceList {
+    pub devices: Vec<DeviceSummary>,
+}
+
+/// One key where desired and reported configuration differ.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Drift {
+    pub key: String,
+    pub desired: Option<String>,
+    pub reported: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DesiredView {
+    pub revision: String,
+    pub config: Document,
+    /// Groups contributing to it, in the order they apply (the device's own
+    /// document applies last).
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReportedView {
+    pub revision: String,
+    /// `applied` or `failed`.
+    pub status: String,
+    pub config: Document,
+    pub error: Option<String>,
+    pub at: String,
+}
+
+/// `GET /api/v1/devices/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceDetail {
+    #[serde(flatten)]
+    pub summary: DeviceSummary,
+    pub inventory: Document,
+    /// The device's own desired document (groups add theirs).
+    pub device_desired: Document,
+    pub desired: DesiredView,
+    pub reported: Option<ReportedView>,
+    pub drift: Vec<Drift>,
+    pub enrolled_via: Option<String>,
+    pub certificate_expires_at: Option<String>,
+    pub created_at: String,
+}
+
+/// Body of `POST /api/v1/devices/{id}/tags`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TagChange {
+    #[serde(default)]
+    pub set: Document,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// Body of `PUT …/desired`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SetDesired {
+    pub config: Document,
+}
+
+/// Body of `POST /api/v1/devices/preauthorize`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Preauthorize {
+    /// The device's public key (PEM `PUBLIC KEY`).
+    pub public_key_pem: String,
+    #[serde(default)]
+    pub tags: Document,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PreauthorizedKey {
+    /// The id the device will have.
+    pub device_id: String,
+    pub tags: Document,
+    pub created_at: String,
+}
+
+/// Body of `POST /api/v1/groups`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroup {
+    pub name: String,
+    /// Dynamic membership (see docs/query.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Static members.
+    #[serde(default)]
+    pub devices: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GroupInfo {
+    pub name: String,
+    pub query: Option<String>,
+    pub static_members: Vec<String>,
+    /// Current members (static and by query), evaluated now.
+    pub members: Vec<String>,
+    pub desired: Document,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GroupList {
+    pub groups: Vec<GroupInfo>,
+}

@@ -34,22 +34,38 @@ pub struct MintedToken {
     pub secret_hash: String,
 }
 
+/// Mints an operator API token (`drv_…`).
 pub fn mint_token() -> MintedToken {
+    mint_secret(TOKEN_PREFIX)
+}
+
+/// Mints `<prefix><16 hex id>_<64 hex secret>`; only the secret's hash is kept.
+pub fn mint_secret(prefix: &str) -> MintedToken {
     let id = random_hex(8);
     let secret = random_hex(32);
     MintedToken {
-        bearer: format!("{TOKEN_PREFIX}{id}_{secret}"),
+        bearer: format!("{prefix}{id}_{secret}"),
         secret_hash: sha256_hex(secret.as_bytes()),
         id,
     }
 }
 
-/// Splits a bearer string into (id, secret) if it has the token shape.
+/// Splits an operator token into (id, secret) if it has the token shape.
 pub fn parse_token(bearer: &str) -> Option<(&str, &str)> {
-    let rest = bearer.strip_prefix(TOKEN_PREFIX)?;
+    parse_secret(TOKEN_PREFIX, bearer)
+}
+
+/// Splits `<prefix><id>_<secret>` into (id, secret) if it has that shape.
+pub fn parse_secret<'a>(prefix: &str, text: &'a str) -> Option<(&'a str, &'a str)> {
+    let rest = text.strip_prefix(prefix)?;
     let (id, secret) = rest.split_once('_')?;
     let hexish = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
     (hexish(id, 16) && hexish(secret, 64)).then_some((id, secret))
+}
+
+/// Whether `secret` hashes to `stored_hash` (constant time).
+pub fn secret_matches(secret: &str, stored_hash: &str) -> bool {
+    constant_time_eq(&sha256_hex(secret.as_bytes()), stored_hash)
 }
 
 /// Compares two equal-length strings without an early exit.

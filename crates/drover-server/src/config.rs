@@ -17,8 +17,11 @@ pub struct ServerConfig {
     /// issued by the fleet CA.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
-    /// Serve plain HTTP. Only for local experiments.
+    /// Serve plain HTTP. Only for local experiments (devices cannot use it:
+    /// their identity is their TLS client certificate).
     pub insecure_http: bool,
+    /// Timings and limits of device connections.
+    pub devices: crate::devices::DeviceSettings,
 }
 
 impl ServerConfig {
@@ -34,6 +37,7 @@ impl ServerConfig {
             tls_cert: None,
             tls_key: None,
             insecure_http: false,
+            devices: Default::default(),
         }
     }
 

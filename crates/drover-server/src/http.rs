@@ -54,13 +54,19 @@ pub async fn serve(
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
             let _alive = alive;
-            let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
-                app,
-                move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    req
-                },
-            ));
+            // Per-connection facts every request of the connection carries.
+            let service = |cert: Option<PeerCertificate>| {
+                TowerToHyperService::new(tower::ServiceExt::map_request(
+                    app,
+                    move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(ConnectInfo(peer));
+                        if let Some(c) = &cert {
+                            req.extensions_mut().insert(c.clone());
+                        }
+                        req
+                    },
+                ))
+            };
             let builder = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
@@ -82,14 +88,20 @@ pub async fn serve(
                             return;
                         }
                     };
+                    let cert = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| PeerCertificate(Arc::new(c.clone().into_owned())));
                     let conn = builder
-                        .serve_connection(TokioIo::new(tls), svc)
+                        .serve_connection(TokioIo::new(tls), service(cert))
                         .with_upgrades();
                     drain_on_stop(conn, &mut stop).await
                 }
                 None => {
                     let conn = builder
-                        .serve_connection(TokioIo::new(stream), svc)
+                        .serve_connection(TokioIo::new(stream), service(None))
                         .with_upgrades();
                     drain_on_stop(conn, &mut stop).await
                 }
@@ -139,8 +151,19 @@ where
     }
 }
 
+/// The client certificate a TLS peer presented, already verified against
+/// the fleet CA by rustls. Present only on connections that sent one.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate(pub Arc<rustls_pki_types::CertificateDer<'static>>);
+
 /// A TLS configuration for the server certificate chain and key (PEM).
-pub fn tls_config(cert_pem: &str, key_pem: &str) -> Result<rustls::ServerConfig, String> {
+/// Clients may present a certificate issued by `client_ca` (devices do);
+/// operators and browsers present none.
+pub fn tls_config(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca: &rustls_pki_types::CertificateDer<'static>,
+) -> Result<rustls::ServerConfig, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
@@ -151,14 +174,24 @@ pub fn tls_config(cert_pem: &str, key_pem: &str) -> Result<rustls::ServerConfig,
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| format!("cannot read the private key: {e}"))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| format!("the certificate and key do not form a usable pair: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(client_ca.clone())
+        .map_err(|e| format!("the fleet CA is not usable as a trust anchor: {e}"))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| format!("cannot set up client certificate checks: {e}"))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("the certificate and key do not form a usable pair: {e}"))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }

@@ -5,13 +5,15 @@
 //! - [`api`] is the HTTP application: operator REST API, health, metrics.
 //! - [`store`] is persistence behind the [`store::Store`] trait (SQLite, PostgreSQL).
 //! - [`auth`] mints and checks operator API tokens.
-//! - [`pki`] is the fleet CA and the server certificate.
+//! - [`pki`] is the fleet CA, the server certificate and device certificates.
+//! - [`devices`] is enrollment, control channels, presence and desired state.
 //! - [`http`] is the accept loop (TLS, HTTP/1.1, graceful shutdown).
 
 pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod devices;
 pub mod error;
 pub mod fsutil;
 pub mod http;

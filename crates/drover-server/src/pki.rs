@@ -112,41 +112,13 @@ impl FleetCa {
                 ))
             }
             (false, false) => {
-                let key = KeyPair::generate()?;
-                let mut params = CertificateParams::default();
-                let mut dn = DistinguishedName::new();
-                dn.push(DnType::OrganizationName, "Drover");
-                dn.push(
-                    DnType::CommonName,
-                    format!("Drover fleet CA {}", &crate::auth::random_hex(4)),
-                );
-                params.distinguished_name = dn;
-                params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-                params.key_usages = vec![
-                    KeyUsagePurpose::KeyCertSign,
-                    KeyUsagePurpose::CrlSign,
-                    KeyUsagePurpose::DigitalSignature,
-                ];
-                let now = OffsetDateTime::now_utc();
-                params.not_before = now - Duration::hours(1);
-                params.not_after = now + Duration::days(365 * 20);
-                let cert = params.self_signed(&key)?;
-                let cert_pem = cert.pem();
+                let (ca, key_pem) = FleetCa::generate()?;
                 // Key first: a crash between the two writes leaves a key
-                // without a certificate, which is refused loudly below rather
+                // without a certificate, which is refused loudly above rather
                 // than silently replaced.
-                write(&key_path, &key.serialize_pem(), 0o600)?;
-                write(&cert_path, &cert_pem, 0o644)?;
-                let cert_der = cert.der().clone();
-                let issuer = Issuer::new(params, key);
-                Ok((
-                    FleetCa {
-                        cert_pem,
-                        cert_der,
-                        issuer,
-                    },
-                    true,
-                ))
+                write(&key_path, &key_pem, 0o600)?;
+                write(&cert_path, &ca.cert_pem, 0o644)?;
+                Ok((ca, true))
             }
             (cert, _) => Err(PkiError::Invalid {
                 path: if cert { key_path } else { cert_path },
@@ -154,6 +126,36 @@ impl FleetCa {
                 detail: "it is missing while its partner file exists".into(),
             }),
         }
+    }
+
+    /// A new CA in memory (and its key as PEM), not yet written anywhere.
+    pub fn generate() -> Result<(FleetCa, String), PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Drover");
+        dn.push(
+            DnType::CommonName,
+            format!("Drover fleet CA {}", &crate::auth::random_hex(4)),
+        );
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + Duration::days(365 * 20);
+        let cert = params.self_signed(&key)?;
+        let key_pem = key.serialize_pem();
+        let ca = FleetCa {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        };
+        Ok((ca, key_pem))
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -188,6 +190,119 @@ impl FleetCa {
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
+}
+
+/// A verified certificate signing request.
+pub struct Csr {
+    /// DER of the requested key's SubjectPublicKeyInfo.
+    pub spki_der: Vec<u8>,
+    params: rcgen::CertificateSigningRequestParams,
+}
+
+/// Largest CSR accepted, in bytes of PEM.
+pub const MAX_CSR_BYTES: usize = 8 * 1024;
+
+impl Csr {
+    /// Parses a PEM CSR and checks its self-signature, which proves the
+    /// requester holds the private key.
+    pub fn parse(pem: &str) -> Result<Csr, String> {
+        use rustls_pki_types::CertificateSigningRequestDer;
+        use rustls_pki_types::pem::PemObject;
+        if pem.len() > MAX_CSR_BYTES {
+            return Err(format!("the CSR is larger than {MAX_CSR_BYTES} bytes"));
+        }
+        let der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| format!("the CSR is not a PEM certificate request: {e}"))?;
+        use x509_parser::prelude::FromDer;
+        let (_, parsed) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+                .map_err(|e| format!("the CSR cannot be parsed: {e}"))?;
+        let spki_der = parsed.certification_request_info.subject_pki.raw.to_vec();
+        let params = rcgen::CertificateSigningRequestParams::from_der(&der).map_err(|e| match e {
+            rcgen::Error::InvalidCertificationRequestSignature => {
+                "the CSR's signature does not match its key: the device must sign the CSR with the key it requests a certificate for".to_string()
+            }
+            other => format!("the CSR is not usable: {other}"),
+        })?;
+        Ok(Csr { spki_der, params })
+    }
+
+    /// The device id this key maps to.
+    pub fn device_id(&self) -> String {
+        device_id_for_spki(&self.spki_der)
+    }
+}
+
+/// The device id of a SubjectPublicKeyInfo (see `drover_proto::device`).
+pub fn device_id_for_spki(spki_der: &[u8]) -> String {
+    drover_proto::device::device_id_from_spki_sha256(
+        ring::digest::digest(&ring::digest::SHA256, spki_der).as_ref(),
+    )
+}
+
+/// A certificate issued to a device.
+pub struct DeviceCert {
+    pub pem: String,
+    pub serial: String,
+    pub not_after_ms: i64,
+}
+
+impl FleetCa {
+    /// Issues a client certificate for `device_id` (its common name) to the
+    /// key of `csr`, valid for `validity`. Everything but the key is chosen
+    /// here: a CSR cannot ask for a CA bit, other names or other uses.
+    pub fn issue_device_cert(
+        &self,
+        csr: &Csr,
+        device_id: &str,
+        validity: std::time::Duration,
+    ) -> Result<DeviceCert, PkiError> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Drover device");
+        dn.push(DnType::CommonName, device_id);
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let serial = crate::auth::random_hex(16);
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(
+            &hex::decode(&serial).expect("hex"),
+        ));
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::minutes(5);
+        let not_after = now + Duration::try_from(validity).unwrap_or(Duration::days(90));
+        params.not_after = not_after;
+        let request = rcgen::CertificateSigningRequestParams {
+            params,
+            public_key: csr.params.public_key.clone(),
+        };
+        let cert = request.signed_by(&self.issuer)?;
+        Ok(DeviceCert {
+            pem: cert.pem(),
+            serial,
+            not_after_ms: (not_after.unix_timestamp_nanos() / 1_000_000) as i64,
+        })
+    }
+}
+
+/// Facts read from a verified device certificate.
+pub struct PeerDevice {
+    pub device_id: String,
+    pub spki_hex: String,
+    pub serial: String,
+}
+
+/// Reads the device identity from a client certificate that rustls already
+/// verified against the fleet CA.
+pub fn peer_device(cert_der: &[u8]) -> Option<PeerDevice> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let spki = cert.public_key().raw;
+    Some(PeerDevice {
+        device_id: device_id_for_spki(spki),
+        spki_hex: hex::encode(spki),
+        serial: hex::encode(cert.raw_serial()),
+    })
 }
 
 /// Whether an existing server certificate can be kept: issued by `ca`, valid

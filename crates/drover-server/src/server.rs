@@ -16,6 +16,7 @@ use crate::api::{AppState, router};
 use crate::auth::mint_token;
 use crate::clock::now_ms;
 use crate::config::ServerConfig;
+use crate::devices::Devices;
 use crate::fsutil::{ensure_dir, write_atomic};
 use crate::pki::{FleetCa, PkiError, server_cert_is_current};
 use crate::store::sql::redact_url;
@@ -68,6 +69,8 @@ pub struct RunningServer {
     pub ca_fingerprint: String,
     /// The bootstrap admin token, only on the start that created it.
     pub admin_token: Option<String>,
+    /// The device side, for tests and embedding (registry, settings).
+    pub devices: Arc<Devices>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
     store: SqlStore,
@@ -80,6 +83,18 @@ impl RunningServer {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        // Control channels outlive their HTTP connection (upgraded), so
+        // close them explicitly; agents reconnect with jitter.
+        self.devices
+            .registry
+            .close_all("server_shutdown", "the server is shutting down");
+        for _ in 0..100 {
+            if self.devices.registry.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.devices.flush_presence().await;
         self.store.close().await;
         tracing::info!("server stopped");
     }
@@ -248,7 +263,19 @@ fn server_tls(
             ));
         }
     };
-    crate::http::tls_config(&cert, &key).map_err(StartError::Tls)
+    crate::http::tls_config(&cert, &key, ca.cert_der()).map_err(StartError::Tls)
+}
+
+/// Writes device presence to the database every flush interval.
+async fn flush_presence(devices: Arc<Devices>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(devices.settings.presence_flush_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => devices.flush_presence().await,
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        }
+    }
 }
 
 /// Starts a server as configured and returns once it is listening.
@@ -328,9 +355,16 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
         Some(Arc::new(server_tls(&cfg, &ca, &hosts)?))
     };
 
-    let state = AppState::new(Arc::new(store.clone()));
-    let app = router(state);
+    let ca = Arc::new(ca);
+    let devices = Arc::new(Devices::new(
+        Arc::new(store.clone()),
+        ca.clone(),
+        cfg.devices.clone(),
+    ));
+    let state = AppState::new(devices.clone(), public_url.clone());
     let (tx, rx) = watch::channel(false);
+    tokio::spawn(flush_presence(devices.clone(), rx.clone()));
+    let app = router(state);
     let task = tokio::spawn(crate::http::serve(listener, tls, app, rx));
     tracing::info!(%local_addr, %public_url, backend = store.backend().as_str(), "drover server listening");
 
@@ -340,6 +374,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
         data_dir: cfg.data_dir.clone(),
         backend: store.backend(),
         ca_fingerprint: ca.fingerprint(),
+        devices,
         admin_token,
         shutdown: tx,
         task,

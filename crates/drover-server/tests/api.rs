@@ -28,7 +28,7 @@ impl Api {
         let dir = tempfile::tempdir().unwrap();
         let url = backend.fresh_url(dir.path()).await;
         let store = Arc::new(SqlStore::connect(&url).await.unwrap());
-        let app = router(AppState::new(store.clone()));
+        let app = router(AppState::for_tests(store.clone()));
         Api {
             app,
             store,
@@ -117,15 +117,106 @@ fn assert_error_shape(status: StatusCode, body: &Value, code: &str) {
 }
 
 /// A body that a route will accept from an admin, for walking every route.
-fn sample_body(method: &Method, path: &str) -> Option<&'static str> {
-    match (method.as_str(), path) {
-        ("POST", "/api/v1/tokens") => Some(r#"{"name":"walker","role":"viewer"}"#),
-        _ => None,
-    }
+fn sample_body(method: &Method, path: &str, public_key_pem: &str) -> Option<String> {
+    let body = match (method.as_str(), path) {
+        ("POST", "/api/v1/tokens") => r#"{"name":"walker","role":"viewer"}"#.to_string(),
+        ("POST", "/api/v1/enroll-tokens") => r#"{"name":"walker","uses":1}"#.to_string(),
+        ("POST", "/api/v1/devices/{id}/tags") => r#"{"set":{"walk":"1"}}"#.to_string(),
+        ("PUT", "/api/v1/devices/{id}/desired") | ("PUT", "/api/v1/groups/{name}/desired") => {
+            r#"{"config":{"walk":"1"}}"#.to_string()
+        }
+        ("POST", "/api/v1/devices/preauthorize") => {
+            json!({ "public_key_pem": public_key_pem }).to_string()
+        }
+        ("POST", "/api/v1/groups") => r#"{"name":"walkers","query":"status = online"}"#.to_string(),
+        _ => return None,
+    };
+    Some(body)
 }
 
-fn concrete(path: &str, id: &str) -> String {
-    path.replace("{id}", id)
+/// Ids to put into each route's path parameters.
+struct Fixture {
+    token_id: String,
+    enroll_token_id: String,
+    device_id: String,
+    group: String,
+}
+
+fn concrete(path: &str, f: &Fixture) -> String {
+    let id = if path.starts_with("/api/v1/enroll-tokens") {
+        &f.enroll_token_id
+    } else if path.starts_with("/api/v1/devices") {
+        &f.device_id
+    } else {
+        &f.token_id
+    };
+    path.replace("{id}", id).replace("{name}", &f.group)
+}
+
+/// Puts a device, a group and an enrollment token into the store.
+async fn fixture(api: &Api, token_id: String) -> Fixture {
+    use drover_server::store::{Change, DeviceRecord, EnrollTokenRecord, Enrollment, GroupRecord};
+    let device = DeviceRecord {
+        id: "0123456789abcdef01234567".into(),
+        public_key: "00".into(),
+        enrollment: Enrollment::Pending,
+        hostname: Some("walker".into()),
+        tags: Default::default(),
+        inventory: Default::default(),
+        inventory_hash: None,
+        desired: Default::default(),
+        reported: None,
+        agent_version: None,
+        cert_serial: None,
+        cert_not_after: None,
+        enrolled_via: None,
+        created_at: 1,
+        updated_at: 1,
+        last_seen: None,
+        version: 1,
+    };
+    let group = GroupRecord {
+        name: "fixture".into(),
+        query: None,
+        members: vec![device.id.clone()],
+        desired: Default::default(),
+        created_at: 1,
+        updated_at: 1,
+        version: 1,
+    };
+    let token = EnrollTokenRecord {
+        id: "00000000000000ee".into(),
+        name: "fixture".into(),
+        secret_hash: "00".into(),
+        tags: Default::default(),
+        uses_left: None,
+        expires_at: None,
+        created_at: 1,
+        created_by: None,
+        revoked_at: None,
+        version: 1,
+    };
+    let changes = [
+        Change::PutDevice {
+            device: device.clone(),
+            expected_version: None,
+        },
+        Change::PutGroup {
+            group: group.clone(),
+            expected_version: None,
+        },
+        Change::PutEnrollToken {
+            token: token.clone(),
+            expected_version: None,
+        },
+    ];
+    assert!(api.store.apply(&changes, None).await.unwrap());
+    Fixture {
+        token_id,
+        enroll_token_id: token.id,
+        device_id: device.id,
+        group: group.name,
+    }
 }
 
 /// Every operation of the OpenAPI document, with the role it declares.
@@ -150,6 +241,8 @@ async fn every_route_enforces_its_role_and_every_mutation_is_audited() {
         let api = Api::new(backend).await;
         let (_, admin) = api.token(Role::Admin, None, None).await;
         let (target_id, _) = api.token(Role::Viewer, None, None).await;
+        let fx = fixture(&api, target_id).await;
+        let key_pem = rcgen::KeyPair::generate().unwrap().public_key_pem();
         let tokens: Vec<(Role, String)> = {
             let mut v = vec![(Role::Admin, admin.clone())];
             for r in [Role::Viewer, Role::Operator] {
@@ -159,8 +252,9 @@ async fn every_route_enforces_its_role_and_every_mutation_is_audited() {
         };
         let mut mutations = 0;
         for (method, path, needed) in operations() {
-            let uri = concrete(&path, &target_id);
-            let body = sample_body(&method, &path);
+            let uri = concrete(&path, &fx);
+            let body = sample_body(&method, &path, &key_pem);
+            let body = body.as_deref();
             // No token: 401 with the error shape.
             let (s, b) = api.call(method.clone(), &uri, None, body).await;
             assert_eq!(
@@ -485,7 +579,7 @@ async fn a_database_that_disappears_gets_503_and_the_server_recovers() {
     let proxy = TcpProxy::start(target).await;
     let proxied = format!("{prefix}@{}/{db}", proxy.addr);
     let store = Arc::new(SqlStore::connect(&proxied).await.unwrap());
-    let app = router(AppState::new(store.clone()));
+    let app = router(AppState::for_tests(store.clone()));
     let dir = tempfile::tempdir().unwrap();
     let api = Api {
         app,

@@ -11,10 +11,15 @@
 //! mutating call that is not already audited by its handler), handlers.
 
 mod audit_log;
+mod device_endpoints;
+mod devices;
+mod enroll_tokens;
 mod extract;
+mod groups;
 mod middleware;
 mod system;
 mod tokens;
+pub mod validate;
 
 use std::sync::Arc;
 
@@ -26,6 +31,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::devices::Devices;
 use crate::error::ApiError;
 use crate::store::Store;
 
@@ -38,17 +44,30 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    pub devices: Arc<Devices>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub(crate) touched: Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
+    /// The URL devices use, put into enrollment tokens.
+    pub public_url: String,
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(devices: Arc<Devices>, public_url: String) -> Self {
         AppState {
-            store,
+            store: devices.store.clone(),
+            devices,
             metrics: crate::telemetry::prometheus(),
             touched: Default::default(),
+            public_url,
         }
+    }
+
+    /// A state with a throw-away fleet CA and default device settings, for
+    /// tests that drive the router directly.
+    pub fn for_tests(store: Arc<dyn Store>) -> Self {
+        let (ca, _) = crate::pki::FleetCa::generate().expect("generate a CA");
+        let devices = Devices::new(store, Arc::new(ca), Default::default());
+        Self::new(Arc::new(devices), "https://127.0.0.1:8443".into())
     }
 }
 
@@ -58,6 +77,49 @@ impl AppState {
 const ACTIONS: &[(Method, &str, &str)] = &[
     (Method::POST, "/api/v1/tokens", "tokens.create"),
     (Method::DELETE, "/api/v1/tokens/{id}", "tokens.revoke"),
+    (
+        Method::POST,
+        "/api/v1/enroll-tokens",
+        "enroll_tokens.create",
+    ),
+    (
+        Method::DELETE,
+        "/api/v1/enroll-tokens/{id}",
+        "enroll_tokens.revoke",
+    ),
+    (
+        Method::POST,
+        "/api/v1/devices/{id}/accept",
+        "devices.accept",
+    ),
+    (
+        Method::POST,
+        "/api/v1/devices/{id}/reject",
+        "devices.reject",
+    ),
+    (
+        Method::POST,
+        "/api/v1/devices/{id}/revoke",
+        "devices.revoke",
+    ),
+    (Method::POST, "/api/v1/devices/{id}/tags", "devices.tag"),
+    (
+        Method::PUT,
+        "/api/v1/devices/{id}/desired",
+        "devices.set_desired",
+    ),
+    (
+        Method::POST,
+        "/api/v1/devices/preauthorize",
+        "devices.preauthorize",
+    ),
+    (Method::POST, "/api/v1/groups", "groups.create"),
+    (Method::DELETE, "/api/v1/groups/{name}", "groups.delete"),
+    (
+        Method::PUT,
+        "/api/v1/groups/{name}/desired",
+        "groups.set_desired",
+    ),
 ];
 
 pub(crate) fn action_name(method: &Method, route: &str) -> String {
@@ -119,6 +181,12 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .route("/healthz", axum::routing::get(system::healthz))
+        .route("/v1/enroll", axum::routing::post(device_endpoints::enroll))
+        .route("/v1/ca", axum::routing::get(device_endpoints::ca))
+        .route(
+            "/v1/device/connect",
+            axum::routing::get(device_endpoints::connect),
+        )
         .route("/metrics", axum::routing::get(system::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -139,6 +207,20 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::create_token, tokens::list_tokens))
         .routes(routes!(tokens::get_token, tokens::revoke_token))
         .routes(routes!(audit_log::list_audit))
+        .routes(routes!(enroll_tokens::create, enroll_tokens::list))
+        .routes(routes!(enroll_tokens::revoke))
+        .routes(routes!(devices::list))
+        .routes(routes!(devices::show))
+        .routes(routes!(devices::accept))
+        .routes(routes!(devices::reject))
+        .routes(routes!(devices::revoke))
+        .routes(routes!(devices::tags))
+        .routes(routes!(devices::set_desired))
+        .routes(routes!(devices::preauthorize))
+        .routes(routes!(devices::preauthorized))
+        .routes(routes!(groups::create, groups::list))
+        .routes(routes!(groups::show, groups::delete))
+        .routes(routes!(groups::set_desired))
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {

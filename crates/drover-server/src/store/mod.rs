@@ -13,6 +13,8 @@ pub mod sql;
 
 use async_trait::async_trait;
 use drover_proto::api::{AuditOutcome, Role};
+pub use drover_proto::device::{ApplyStatus, Document};
+use serde::{Deserialize, Serialize};
 
 pub use sql::SqlStore;
 
@@ -53,6 +55,9 @@ impl From<sqlx::Error> for StoreError {
         match &e {
             E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => {
                 StoreError::Unavailable(e.to_string())
+            }
+            E::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation => {
+                StoreError::Conflict(format!("already exists ({})", db.message()))
             }
             E::Database(db) => match db.code().as_deref() {
                 // PostgreSQL: connection exceptions (08xxx), shutdown and
@@ -133,6 +138,140 @@ pub enum RevokeOutcome {
     LastAdmin,
 }
 
+/// Where a device stands in enrollment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Enrollment {
+    Pending,
+    Accepted,
+    Rejected,
+    Revoked,
+}
+
+impl Enrollment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enrollment::Pending => "pending",
+            Enrollment::Accepted => "accepted",
+            Enrollment::Rejected => "rejected",
+            Enrollment::Revoked => "revoked",
+        }
+    }
+}
+
+impl std::str::FromStr for Enrollment {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "pending" => Enrollment::Pending,
+            "accepted" => Enrollment::Accepted,
+            "rejected" => Enrollment::Rejected,
+            "revoked" => Enrollment::Revoked,
+            other => return Err(format!("unknown enrollment state {other:?}")),
+        })
+    }
+}
+
+/// What a device last reported about its desired configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reported {
+    pub revision: String,
+    pub status: ApplyStatus,
+    pub config: Document,
+    pub error: Option<String>,
+    pub at: i64,
+}
+
+/// A device as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceRecord {
+    pub id: String,
+    /// Hex of the SubjectPublicKeyInfo DER.
+    pub public_key: String,
+    pub enrollment: Enrollment,
+    pub hostname: Option<String>,
+    pub tags: Document,
+    pub inventory: Document,
+    pub inventory_hash: Option<String>,
+    /// Device-level desired configuration (groups add theirs).
+    pub desired: Document,
+    pub reported: Option<Reported>,
+    pub agent_version: Option<String>,
+    pub cert_serial: Option<String>,
+    pub cert_not_after: Option<i64>,
+    /// `token:<id>`, `preauthorized` or `operator`.
+    pub enrolled_via: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_seen: Option<i64>,
+    /// Bumped by every update; updates name the version they read.
+    pub version: i64,
+}
+
+/// An enrollment token as stored (the secret itself never is).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnrollTokenRecord {
+    pub id: String,
+    pub name: String,
+    pub secret_hash: String,
+    /// Tags given to every device enrolled with it.
+    pub tags: Document,
+    /// `None`: unlimited.
+    pub uses_left: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+    pub created_by: Option<String>,
+    pub revoked_at: Option<i64>,
+    pub version: i64,
+}
+
+/// A public key an operator allowed in advance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreauthRecord {
+    pub public_key: String,
+    pub device_id: String,
+    pub tags: Document,
+    pub created_at: i64,
+    pub created_by: Option<String>,
+}
+
+/// A device group: static members, a dynamic query, or both.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupRecord {
+    pub name: String,
+    pub query: Option<String>,
+    pub members: Vec<String>,
+    pub desired: Document,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub version: i64,
+}
+
+/// One write in a [`Store::apply`] unit of work. `expected_version: None`
+/// inserts (failing with [`StoreError::Conflict`] if the row exists);
+/// `Some(v)` updates only if the stored row still has version `v`.
+#[derive(Debug, Clone)]
+pub enum Change {
+    PutDevice {
+        device: DeviceRecord,
+        expected_version: Option<i64>,
+    },
+    PutEnrollToken {
+        token: EnrollTokenRecord,
+        expected_version: Option<i64>,
+    },
+    PutPreauth(PreauthRecord),
+    DeletePreauth {
+        public_key: String,
+    },
+    PutGroup {
+        group: GroupRecord,
+        expected_version: Option<i64>,
+    },
+    DeleteGroup {
+        name: String,
+    },
+}
+
 /// Everything the control plane keeps.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -160,5 +299,21 @@ pub trait Store: Send + Sync + 'static {
     async fn touch_token(&self, id: &str, at: i64) -> StoreResult<()>;
 
     async fn append_audit(&self, entry: &NewAudit) -> StoreResult<i64>;
+
+    /// Applies `changes` and the audit entry in one transaction. Returns
+    /// `false` (and writes nothing) when a version check failed: the caller
+    /// re-reads and tries again.
+    async fn apply(&self, changes: &[Change], audit: Option<&NewAudit>) -> StoreResult<bool>;
+    async fn get_device(&self, id: &str) -> StoreResult<Option<DeviceRecord>>;
+    async fn get_device_by_key(&self, public_key: &str) -> StoreResult<Option<DeviceRecord>>;
+    async fn list_devices(&self) -> StoreResult<Vec<DeviceRecord>>;
+    /// Records when devices were last heard from (batched, no version bump).
+    async fn touch_devices(&self, seen: &[(String, i64)]) -> StoreResult<()>;
+    async fn get_enroll_token(&self, id: &str) -> StoreResult<Option<EnrollTokenRecord>>;
+    async fn list_enroll_tokens(&self) -> StoreResult<Vec<EnrollTokenRecord>>;
+    async fn get_preauth(&self, public_key: &str) -> StoreResult<Option<PreauthRecord>>;
+    async fn list_preauth(&self) -> StoreResult<Vec<PreauthRecord>>;
+    async fn get_group(&self, name: &str) -> StoreResult<Option<GroupRecord>>;
+    async fn list_groups(&self) -> StoreResult<Vec<GroupRecord>>;
     async fn list_audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>>;
 }

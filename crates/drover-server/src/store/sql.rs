@@ -19,8 +19,9 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    AuditQuery, AuditRecord, Backend, NewAudit, RevokeOutcome, Store, StoreError, StoreResult,
-    TokenRecord,
+    AuditQuery, AuditRecord, Backend, Change, DeviceRecord, Document, EnrollTokenRecord,
+    Enrollment, GroupRecord, NewAudit, PreauthRecord, RevokeOutcome, Store, StoreError,
+    StoreResult, TokenRecord,
 };
 
 /// How long a request waits for a database connection before it is told the
@@ -92,25 +93,266 @@ macro_rules! token_from_row {
     }};
 }
 
+fn doc_json(doc: &Document) -> String {
+    serde_json::to_string(doc).expect("documents serialize")
+}
+
+fn json_doc(text: &str, what: &str) -> Result<Document, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+const DEVICE_COLUMNS: &str = "id, public_key, enrollment, hostname, tags, inventory, inventory_hash, desired, reported, \
+     agent_version, cert_serial, cert_not_after, enrolled_via, created_at, updated_at, last_seen, version";
+
+macro_rules! device_from_row {
+    ($row:expr) => {{
+        let row = $row;
+        let enrollment: String = row.try_get("enrollment")?;
+        let reported: Option<String> = row.try_get("reported")?;
+        Ok::<_, StoreError>(DeviceRecord {
+            id: row.try_get("id")?,
+            public_key: row.try_get("public_key")?,
+            enrollment: Enrollment::from_str(&enrollment).map_err(StoreError::Corrupt)?,
+            hostname: row.try_get("hostname")?,
+            tags: json_doc(&row.try_get::<String, _>("tags")?, "device tags")?,
+            inventory: json_doc(&row.try_get::<String, _>("inventory")?, "device inventory")?,
+            inventory_hash: row.try_get("inventory_hash")?,
+            desired: json_doc(&row.try_get::<String, _>("desired")?, "device desired")?,
+            reported: reported
+                .map(|r| serde_json::from_str(&r))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("device reported: {e}")))?,
+            agent_version: row.try_get("agent_version")?,
+            cert_serial: row.try_get("cert_serial")?,
+            cert_not_after: row.try_get("cert_not_after")?,
+            enrolled_via: row.try_get("enrolled_via")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            last_seen: row.try_get("last_seen")?,
+            version: row.try_get("version")?,
+        })
+    }};
+}
+
+const ENROLL_TOKEN_COLUMNS: &str = "id, name, secret_hash, tags, uses_left, expires_at, created_at, created_by, revoked_at, version";
+
+macro_rules! enroll_token_from_row {
+    ($row:expr) => {{
+        let row = $row;
+        Ok::<_, StoreError>(EnrollTokenRecord {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            secret_hash: row.try_get("secret_hash")?,
+            tags: json_doc(&row.try_get::<String, _>("tags")?, "token tags")?,
+            uses_left: row.try_get("uses_left")?,
+            expires_at: row.try_get("expires_at")?,
+            created_at: row.try_get("created_at")?,
+            created_by: row.try_get("created_by")?,
+            revoked_at: row.try_get("revoked_at")?,
+            version: row.try_get("version")?,
+        })
+    }};
+}
+
+macro_rules! preauth_from_row {
+    ($row:expr) => {{
+        let row = $row;
+        Ok::<_, StoreError>(PreauthRecord {
+            public_key: row.try_get("public_key")?,
+            device_id: row.try_get("device_id")?,
+            tags: json_doc(&row.try_get::<String, _>("tags")?, "preauthorized tags")?,
+            created_at: row.try_get("created_at")?,
+            created_by: row.try_get("created_by")?,
+        })
+    }};
+}
+
+const GROUP_COLUMNS: &str = "name, query, members, desired, created_at, updated_at, version";
+
+macro_rules! group_from_row {
+    ($row:expr) => {{
+        let row = $row;
+        let members: String = row.try_get("members")?;
+        Ok::<_, StoreError>(GroupRecord {
+            name: row.try_get("name")?,
+            query: row.try_get("query")?,
+            members: serde_json::from_str(&members)
+                .map_err(|e| StoreError::Corrupt(format!("group members: {e}")))?,
+            desired: json_doc(&row.try_get::<String, _>("desired")?, "group desired")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            version: row.try_get("version")?,
+        })
+    }};
+}
+
+/// Fetches rows with `$sql` and one optional text bind, decoding each with `$decode`.
+macro_rules! fetch_all {
+    ($self:expr, $sql:expr, $decode:ident $(, $bind:expr)?) => {
+        on_pool!($self, p => {
+            let rows = sqlx::query(&$sql)$(.bind($bind))?.fetch_all(p).await?;
+            rows.iter().map(|row| $decode!(row)).collect::<StoreResult<Vec<_>>>()
+        })
+    };
+}
+
+/// Runs one [`Change`] inside a transaction; `Ok(false)` on a failed version check.
+macro_rules! apply_change {
+    ($tx:expr, $change:expr) => {{
+        let rows = match $change {
+            Change::PutDevice { device: d, expected_version } => {
+                let reported = d.reported.as_ref().map(|r| serde_json::to_string(r).expect("serializes"));
+                let q = match expected_version {
+                    None => sqlx::query(
+                        "INSERT INTO devices (id, public_key, enrollment, hostname, tags, inventory, inventory_hash, desired, reported,
+                         agent_version, cert_serial, cert_not_after, enrolled_via, created_at, updated_at, last_seen, version)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, COALESCE($17, 0) + 1)",
+                    ),
+                    Some(_) => sqlx::query(
+                        "UPDATE devices SET public_key = $2, enrollment = $3, hostname = $4, tags = $5, inventory = $6,
+                         inventory_hash = $7, desired = $8, reported = $9, agent_version = $10, cert_serial = $11,
+                         cert_not_after = $12, enrolled_via = $13, created_at = $14, updated_at = $15,
+                         last_seen = COALESCE($16, last_seen), version = version + 1
+                         WHERE id = $1 AND version = $17",
+                    ),
+                };
+                q.bind(&d.id)
+                    .bind(&d.public_key)
+                    .bind(d.enrollment.as_str())
+                    .bind(&d.hostname)
+                    .bind(doc_json(&d.tags))
+                    .bind(doc_json(&d.inventory))
+                    .bind(&d.inventory_hash)
+                    .bind(doc_json(&d.desired))
+                    .bind(reported)
+                    .bind(&d.agent_version)
+                    .bind(&d.cert_serial)
+                    .bind(d.cert_not_after)
+                    .bind(&d.enrolled_via)
+                    .bind(d.created_at)
+                    .bind(d.updated_at)
+                    .bind(d.last_seen)
+                    .bind(*expected_version)
+                    .execute(&mut *$tx)
+                    .await?
+                    .rows_affected()
+            }
+            Change::PutEnrollToken { token: t, expected_version } => {
+                let q = match expected_version {
+                    None => sqlx::query(
+                        "INSERT INTO enroll_tokens (id, name, secret_hash, tags, uses_left, expires_at, created_at, created_by, revoked_at, version)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, COALESCE($10, 0) + 1)",
+                    ),
+                    Some(_) => sqlx::query(
+                        "UPDATE enroll_tokens SET name = $2, secret_hash = $3, tags = $4, uses_left = $5, expires_at = $6,
+                         created_at = $7, created_by = $8, revoked_at = $9, version = version + 1
+                         WHERE id = $1 AND version = $10",
+                    ),
+                };
+                q.bind(&t.id)
+                    .bind(&t.name)
+                    .bind(&t.secret_hash)
+                    .bind(doc_json(&t.tags))
+                    .bind(t.uses_left)
+                    .bind(t.expires_at)
+                    .bind(t.created_at)
+                    .bind(&t.created_by)
+                    .bind(t.revoked_at)
+                    .bind(*expected_version)
+                    .execute(&mut *$tx)
+                    .await?
+                    .rows_affected()
+            }
+            Change::PutPreauth(r) => sqlx::query(
+                "INSERT INTO preauthorized_keys (public_key, device_id, tags, created_at, created_by)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&r.public_key)
+            .bind(&r.device_id)
+            .bind(doc_json(&r.tags))
+            .bind(r.created_at)
+            .bind(&r.created_by)
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected(),
+            Change::DeletePreauth { public_key } => sqlx::query("DELETE FROM preauthorized_keys WHERE public_key = $1")
+                .bind(public_key)
+                .execute(&mut *$tx)
+                .await?
+                .rows_affected(),
+            Change::PutGroup { group: g, expected_version } => {
+                let q = match expected_version {
+                    None => sqlx::query(
+                        "INSERT INTO device_groups (name, query, members, desired, created_at, updated_at, version)
+                         VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, 0) + 1)",
+                    ),
+                    Some(_) => sqlx::query(
+                        "UPDATE device_groups SET query = $2, members = $3, desired = $4, created_at = $5, updated_at = $6,
+                         version = version + 1 WHERE name = $1 AND version = $7",
+                    ),
+                };
+                q.bind(&g.name)
+                    .bind(&g.query)
+                    .bind(serde_json::to_string(&g.members).expect("serializes"))
+                    .bind(doc_json(&g.desired))
+                    .bind(g.created_at)
+                    .bind(g.updated_at)
+                    .bind(*expected_version)
+                    .execute(&mut *$tx)
+                    .await?
+                    .rows_affected()
+            }
+            Change::DeleteGroup { name } => sqlx::query("DELETE FROM device_groups WHERE name = $1")
+                .bind(name)
+                .execute(&mut *$tx)
+                .await?
+                .rows_affected(),
+        };
+        rows == 1
+    }};
+}
+
 /// A [`Store`] on SQLite or PostgreSQL, chosen by the database URL.
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: Pool,
 }
 
+/// The migration sets, in order: (version, description, SQLite, PostgreSQL).
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "foundation",
+        include_str!("../../migrations/sqlite/0001_foundation.sql"),
+        include_str!("../../migrations/postgres/0001_foundation.sql"),
+    ),
+    (
+        2,
+        "devices",
+        include_str!("../../migrations/sqlite/0002_devices.sql"),
+        include_str!("../../migrations/postgres/0002_devices.sql"),
+    ),
+];
+
 fn migrator(backend: Backend) -> Migrator {
-    let sql: &'static str = match backend {
-        Backend::Sqlite => include_str!("../../migrations/sqlite/0001_foundation.sql"),
-        Backend::Postgres => include_str!("../../migrations/postgres/0001_foundation.sql"),
-    };
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|(version, description, sqlite, postgres)| {
+            let sql = match backend {
+                Backend::Sqlite => *sqlite,
+                Backend::Postgres => *postgres,
+            };
+            Migration::new(
+                *version,
+                Cow::Borrowed(*description),
+                MigrationType::Simple,
+                Cow::Borrowed(sql),
+                false,
+            )
+        })
+        .collect::<Vec<_>>();
     Migrator {
-        migrations: Cow::Owned(vec![Migration::new(
-            1,
-            Cow::Borrowed("foundation"),
-            MigrationType::Simple,
-            Cow::Borrowed(sql),
-            false,
-        )]),
+        migrations: Cow::Owned(migrations),
         ignore_missing: false,
         locking: true,
         no_tx: false,
@@ -352,6 +594,114 @@ impl Store for SqlStore {
 
     async fn append_audit(&self, entry: &NewAudit) -> StoreResult<i64> {
         Ok(on_pool!(self, p => insert_audit!(p, entry))?)
+    }
+
+    async fn apply(&self, changes: &[Change], audit: Option<&NewAudit>) -> StoreResult<bool> {
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            for change in changes {
+                if !apply_change!(tx, change) {
+                    // Dropping the transaction rolls everything back.
+                    return Ok(false);
+                }
+            }
+            if let Some(a) = audit {
+                insert_audit!(&mut *tx, a)?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    async fn get_device(&self, id: &str) -> StoreResult<Option<DeviceRecord>> {
+        let rows = fetch_all!(
+            self,
+            format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"),
+            device_from_row,
+            id
+        )?;
+        Ok(rows.into_iter().next())
+    }
+
+    async fn get_device_by_key(&self, public_key: &str) -> StoreResult<Option<DeviceRecord>> {
+        let rows = fetch_all!(
+            self,
+            format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE public_key = $1"),
+            device_from_row,
+            public_key
+        )?;
+        Ok(rows.into_iter().next())
+    }
+
+    async fn list_devices(&self) -> StoreResult<Vec<DeviceRecord>> {
+        fetch_all!(
+            self,
+            format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY id"),
+            device_from_row
+        )
+    }
+
+    async fn touch_devices(&self, seen: &[(String, i64)]) -> StoreResult<()> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            for (id, at) in seen {
+                sqlx::query("UPDATE devices SET last_seen = $2 WHERE id = $1 AND (last_seen IS NULL OR last_seen < $2)")
+                    .bind(id)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        })?;
+        Ok(())
+    }
+
+    async fn get_enroll_token(&self, id: &str) -> StoreResult<Option<EnrollTokenRecord>> {
+        let rows = fetch_all!(
+            self,
+            format!("SELECT {ENROLL_TOKEN_COLUMNS} FROM enroll_tokens WHERE id = $1"),
+            enroll_token_from_row,
+            id
+        )?;
+        Ok(rows.into_iter().next())
+    }
+
+    async fn list_enroll_tokens(&self) -> StoreResult<Vec<EnrollTokenRecord>> {
+        fetch_all!(
+            self,
+            format!("SELECT {ENROLL_TOKEN_COLUMNS} FROM enroll_tokens ORDER BY created_at, id"),
+            enroll_token_from_row
+        )
+    }
+
+    async fn get_preauth(&self, public_key: &str) -> StoreResult<Option<PreauthRecord>> {
+        let rows = fetch_all!(self, "SELECT public_key, device_id, tags, created_at, created_by FROM preauthorized_keys WHERE public_key = $1".to_string(), preauth_from_row, public_key)?;
+        Ok(rows.into_iter().next())
+    }
+
+    async fn list_preauth(&self) -> StoreResult<Vec<PreauthRecord>> {
+        fetch_all!(self, "SELECT public_key, device_id, tags, created_at, created_by FROM preauthorized_keys ORDER BY created_at".to_string(), preauth_from_row)
+    }
+
+    async fn get_group(&self, name: &str) -> StoreResult<Option<GroupRecord>> {
+        let rows = fetch_all!(
+            self,
+            format!("SELECT {GROUP_COLUMNS} FROM device_groups WHERE name = $1"),
+            group_from_row,
+            name
+        )?;
+        Ok(rows.into_iter().next())
+    }
+
+    async fn list_groups(&self) -> StoreResult<Vec<GroupRecord>> {
+        fetch_all!(
+            self,
+            format!("SELECT {GROUP_COLUMNS} FROM device_groups ORDER BY name"),
+            group_from_row
+        )
     }
 
     async fn list_audit(&self, q: &AuditQuery) -> StoreResult<Vec<AuditRecord>> {
