@@ -1,31 +1,241 @@
-//! `drover-agent`: the on-device daemon.
+//! `drover-agent`: enroll this device, then keep its control channel up.
 //!
-//! Today this is only the skeleton the workspace needs: it builds as its
-//! own small binary that links no server dependency (scripts/test.sh checks
-//! that with `cargo tree`). Enrollment, the control channel and the rest
-//! arrive with the devices issue; until then every subcommand says so
-//! instead of pretending to work.
+//! Exit codes: 0 done (or pending acceptance after `enroll`), 1 failure,
+//! 2 bad command line or configuration, 3 the server refused the device.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-const USAGE: &str = "usage: drover-agent [--version | --help]
+use clap::{Parser, Subcommand};
+use drover_agent::apply::Applier;
+use drover_agent::backoff::{Backoff, random_unit};
+use drover_agent::config::{AgentConfig, DEFAULT_CONFIG};
+use drover_agent::enroll::{EnrollError, Trust, enroll};
+use drover_agent::identity::{self, Identity};
+use drover_agent::session::{Agent, InventorySource, Stop};
+use drover_agent::state::AgentState;
+use drover_proto::device::{EnrollStatus, EnrollmentToken};
 
-Subcommands (enroll, run) are not implemented yet in this build.";
+#[derive(Parser)]
+#[command(name = "drover-agent", version, about = "Drover device agent")]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, env = "DROVER_AGENT_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Data directory (keys, certificates, state); overrides the config file.
+    #[arg(long, global = true, env = "DROVER_AGENT_DATA")]
+    data: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enroll with a token, or without one (the device then waits for an
+    /// operator, unless its key was pre-authorized).
+    Enroll {
+        /// The token from `drover enroll-tokens create`.
+        #[arg(long, env = "DROVER_ENROLL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Server URL, when enrolling without a token.
+        #[arg(long, requires = "ca_fingerprint")]
+        server: Option<String>,
+        /// SHA-256 of the fleet CA (from `drover server` output), without a token.
+        #[arg(long)]
+        ca_fingerprint: Option<String>,
+        /// Wait (asking again) until an operator accepts a pending device.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Keep the control channel up (the daemon).
+    Run,
+    /// Print this device's id and public key (for `drover devices preauthorize`).
+    Key,
+}
+
+fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(code)
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("--version" | "-V") => {
-            println!("drover-agent {}", env!("CARGO_PKG_VERSION"));
+    let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let explicit = std::env::var_os("DROVER_AGENT_CONFIG").is_some()
+        || std::env::args().any(|a| a.starts_with("--config"));
+    let mut config = match AgentConfig::load(&cli.config, explicit) {
+        Ok(c) => c,
+        Err(e) => return fail(2, e),
+    };
+    if let Some(d) = cli.data {
+        config.data_dir = d;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, format!("cannot start the runtime: {e}")),
+    };
+    rt.block_on(async move {
+        match cli.command {
+            Command::Key => key(&config),
+            Command::Enroll {
+                token,
+                server,
+                ca_fingerprint,
+                wait,
+            } => {
+                let trust = match (token, server, ca_fingerprint) {
+                    (Some(t), _, _) => match EnrollmentToken::decode(&t) {
+                        Ok(t) => Trust::Token(t),
+                        Err(e) => return fail(2, e),
+                    },
+                    (None, Some(url), Some(fp)) => Trust::Pinned {
+                        url,
+                        ca_fingerprint: fp,
+                    },
+                    _ => return fail(2, "give --token, or --server with --ca-fingerprint"),
+                };
+                enroll_cmd(&config, &trust, wait).await
+            }
+            Command::Run => run(config).await,
+        }
+    })
+}
+
+fn key(config: &AgentConfig) -> ExitCode {
+    match identity::load_or_create_key(&config.data_dir) {
+        Ok(k) => {
+            println!("device id: {}", identity::device_id(&k));
+            print!("{}", k.public_key_pem());
             ExitCode::SUCCESS
         }
-        Some("--help" | "-h") | None => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
+        Err(e) => fail(1, e),
+    }
+}
+
+async fn enroll_cmd(config: &AgentConfig, trust: &Trust, wait: bool) -> ExitCode {
+    loop {
+        match enroll(&config.data_dir, trust, hostname()).await {
+            Ok(r) if r.status == EnrollStatus::Accepted => {
+                println!("enrolled as device {}", r.device_id);
+                return ExitCode::SUCCESS;
+            }
+            Ok(r) => {
+                println!(
+                    "device {} is pending: an operator must run `drover devices accept {}`",
+                    r.device_id, r.device_id
+                );
+                if !wait {
+                    println!("`drover-agent run` keeps asking until then");
+                    return ExitCode::SUCCESS;
+                }
+                let secs = r.retry_after_secs.unwrap_or(30).clamp(1, 3600);
+                tokio::time::sleep(Duration::from_secs_f64(secs as f64 * (0.5 + random_unit())))
+                    .await;
+            }
+            Err(EnrollError::Refused { code, message }) => {
+                return fail(3, format!("{message} ({code})"));
+            }
+            Err(e) => return fail(1, e),
         }
-        Some(other) => {
-            eprintln!("error: `{other}` is not available in this drover-agent build yet\n{USAGE}");
-            ExitCode::from(2)
+    }
+}
+
+/// The daemon: wait for acceptance if pending, then keep the channel up.
+async fn run(config: AgentConfig) -> ExitCode {
+    let data = config.data_dir.clone();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
         }
+        let _ = stop_tx.send(true);
+    });
+    let mut backoff = Backoff::new(
+        Duration::from_millis(config.reconnect_min_ms.max(10)),
+        Duration::from_secs(config.reconnect_max_secs.max(1)),
+    );
+    let identity = loop {
+        match Identity::load(&data) {
+            Ok(Some(id)) => break id,
+            Ok(None) => {}
+            Err(e) => return fail(2, e),
+        }
+        // Not enrolled yet: a pending device keeps asking.
+        let server: Option<identity::ServerInfo> = std::fs::read(data.join(identity::SERVER_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let Some(server) = server else {
+            return fail(
+                2,
+                format!(
+                    "this device is not enrolled ({} has no server.json): run `drover-agent enroll` first",
+                    data.display()
+                ),
+            );
+        };
+        let trust = Trust::Pinned {
+            url: server.url,
+            ca_fingerprint: server.ca_fingerprint,
+        };
+        match enroll(&data, &trust, hostname()).await {
+            Ok(r) if r.status == EnrollStatus::Accepted => continue,
+            Ok(_) => tracing::info!("waiting for an operator to accept this device"),
+            Err(EnrollError::Refused { code, message }) => {
+                return fail(3, format!("{message} ({code})"));
+            }
+            Err(e) => tracing::warn!(error = %e, "enrollment check failed"),
+        }
+        let delay = backoff.next_delay().max(Duration::from_millis(200));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = async { let mut s = stop.clone(); let _ = s.wait_for(|v| *v).await; } => return ExitCode::SUCCESS,
+        }
+    };
+    backoff.reset();
+    let state = match AgentState::load(&data) {
+        Ok(s) => s,
+        Err(e) => return fail(2, e),
+    };
+    tracing::info!(device_id = %identity.device_id, server = %identity.server.url, "agent starting");
+    let mut agent = Agent {
+        identity,
+        applier: Applier::Files {
+            desired_file: config.desired_file(),
+            hook: config.apply_hook.clone(),
+            hook_timeout: Duration::from_secs(config.apply_hook_timeout_secs.max(1)),
+        },
+        inventory_interval: Duration::from_secs(config.inventory.interval_secs.max(1)),
+        inventory: InventorySource::System(config.inventory.clone()),
+        state,
+        persist: Some(data),
+        bind: None,
+        backoff,
+        renew_at_fraction_left: config.renew_at_fraction_left,
+        stats: Default::default(),
+    };
+    match agent.run(stop).await {
+        Stop::Requested => ExitCode::SUCCESS,
+        Stop::Refused { code, message } => fail(
+            3,
+            format!("the server refuses this device: {message} ({code})"),
+        ),
     }
 }

@@ -59,6 +59,112 @@ pub enum Command {
     Tokens(TokensCommand),
     /// Read the audit log, newest first.
     Audit(AuditArgs),
+    /// Tokens that let devices enroll unattended.
+    #[command(subcommand, name = "enroll-tokens")]
+    EnrollTokens(EnrollTokensCommand),
+    /// Devices: list, inspect, accept, tag, configure, revoke.
+    #[command(subcommand)]
+    Devices(DevicesCommand),
+    /// Device groups (static lists or queries) and their configuration.
+    #[command(subcommand)]
+    Groups(GroupsCommand),
+}
+
+/// `key=value`, for tags and configuration.
+pub fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not key=value")),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnrollTokensCommand {
+    /// Create a token; print it once, to give to devices.
+    Create {
+        #[arg(long, default_value = "enroll")]
+        name: String,
+        /// Tag every device enrolled with it (repeatable).
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_pair)]
+        tags: Vec<(String, String)>,
+        /// How many devices may use it (default: unlimited).
+        #[arg(long)]
+        uses: Option<u64>,
+        /// Lifetime, e.g. 24h or 30d (default: never expires).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
+        expires: Option<u64>,
+    },
+    List,
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevicesCommand {
+    /// List devices, optionally filtered by a query (see docs/query.md).
+    List {
+        #[arg(long, short)]
+        query: Option<String>,
+    },
+    /// Inventory, tags, desired vs reported configuration and drift.
+    Show { id: String },
+    /// Accept a pending device.
+    Accept { id: String },
+    /// Reject a pending device.
+    Reject { id: String },
+    /// Revoke a device: its connection closes and it can never reconnect.
+    Revoke { id: String },
+    /// Allow a device key in advance (`drover-agent key` prints it).
+    Preauthorize {
+        #[arg(long, value_name = "FILE")]
+        public_key: PathBuf,
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_pair)]
+        tags: Vec<(String, String)>,
+    },
+    /// Set tags.
+    Tag {
+        id: String,
+        #[arg(required = true, value_name = "KEY=VALUE", value_parser = parse_pair)]
+        tags: Vec<(String, String)>,
+    },
+    /// Remove tags.
+    Untag {
+        id: String,
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+    },
+    /// Replace the device's own desired configuration.
+    SetDesired {
+        id: String,
+        #[arg(value_name = "KEY=VALUE", value_parser = parse_pair)]
+        pairs: Vec<(String, String)>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupsCommand {
+    /// Create a group from a query, a list of devices, or both.
+    Create {
+        name: String,
+        #[arg(long, short)]
+        query: Option<String>,
+        #[arg(long = "device", value_name = "ID")]
+        devices: Vec<String>,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+    /// Replace the group's desired configuration.
+    SetDesired {
+        name: String,
+        #[arg(value_name = "KEY=VALUE", value_parser = parse_pair)]
+        pairs: Vec<(String, String)>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -110,6 +216,18 @@ pub struct ServerArgs {
     /// Serve plain HTTP. Tokens then cross the network in clear: local experiments only.
     #[arg(long, env = "DROVER_INSECURE_HTTP")]
     pub insecure_http: bool,
+    /// How often agents send a heartbeat.
+    #[arg(long, env = "DROVER_HEARTBEAT_INTERVAL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat_interval_secs: u64,
+    /// A device silent this long is marked offline (default: 3 heartbeats).
+    #[arg(long, env = "DROVER_OFFLINE_AFTER_SECS", value_parser = clap::value_parser!(u64).range(2..=86400))]
+    pub offline_after_secs: Option<u64>,
+    /// Lifetime of device certificates; agents renew at a third left.
+    #[arg(long, env = "DROVER_DEVICE_CERT_VALIDITY_SECS", default_value_t = 90 * 24 * 3600, value_parser = clap::value_parser!(u64).range(10..=10 * 365 * 24 * 3600))]
+    pub device_cert_validity_secs: u64,
+    /// Device connection and enrollment attempts allowed per source address per second.
+    #[arg(long, env = "DROVER_CONNECTS_PER_IP_PER_SEC", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connects_per_ip_per_sec: u32,
     /// Log format (the level is set with DROVER_LOG, e.g. DROVER_LOG=debug).
     #[arg(long, env = "DROVER_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -94,6 +94,14 @@ impl Client {
         self.send(Method::POST, path, Some(body)).await
     }
 
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> CliResult<T> {
+        self.send(Method::PUT, path, Some(body)).await
+    }
+
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> CliResult<T> {
         self.send::<(), T>(Method::DELETE, path, None).await
     }
@@ -159,4 +167,16 @@ fn unreachable(base: &str, e: &reqwest::Error) -> CliError {
         "unreachable",
         format!("cannot reach {base}: {cause}{hint}"),
     )
+}
+
+/// Percent-encodes a query-string or path value.
+pub fn escape(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -59,6 +59,9 @@ pub struct EnrollResponse {
     pub status: EnrollStatus,
     /// The device certificate (PEM), when accepted.
     pub certificate_pem: Option<String>,
+    /// When that certificate expires (Unix ms), so the agent knows when to
+    /// renew without parsing X.509.
+    pub certificate_expires_at_ms: Option<i64>,
     /// Seconds to wait before asking again, when pending.
     pub retry_after_secs: Option<u64>,
 }
@@ -161,20 +164,14 @@ pub enum ServerMessage {
         server_time_ms: i64,
     },
     /// Inventory stored; `hash` is now the acknowledged one.
-    InventoryAck {
-        hash: String,
-    },
+    InventoryAck { hash: String },
     /// The configuration the device should converge to.
-    Desired {
-        revision: String,
-        config: Document,
-    },
+    Desired { revision: String, config: Document },
     /// Reported state stored.
-    ReportedAck {
-        revision: String,
-    },
+    ReportedAck { revision: String },
     Certificate {
         certificate_pem: String,
+        expires_at_ms: i64,
     },
     /// The server refuses something; `fatal` ones close the connection.
     Error {
@@ -240,6 +237,18 @@ pub fn canonical_json(doc: &Document) -> Vec<u8> {
     serde_json::to_vec(doc).expect("documents serialize")
 }
 
+/// A device id from the SHA-256 of its public key (SubjectPublicKeyInfo
+/// DER): the first 12 bytes in hex. The same key always yields the same id,
+/// and an id cannot be claimed without the key.
+pub fn device_id_from_spki_sha256(digest: &[u8]) -> String {
+    digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `s` has the shape of a device id.
+pub fn is_device_id(s: &str) -> bool {
+    s.len() == 24 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,16 +310,4 @@ mod tests {
         };
         assert_eq!(decode_server(&encode(&w)), Ok(w));
     }
-}
-
-/// A device id from the SHA-256 of its public key (SubjectPublicKeyInfo
-/// DER): the first 12 bytes in hex. The same key always yields the same id,
-/// and an id cannot be claimed without the key.
-pub fn device_id_from_spki_sha256(digest: &[u8]) -> String {
-    digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
-}
-
-/// Whether `s` has the shape of a device id.
-pub fn is_device_id(s: &str) -> bool {
-    s.len() == 24 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }

@@ -15,7 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod devices;
 pub mod error;
-pub mod fsutil;
+pub use drover_fs as fsutil;
 pub mod http;
 pub mod pki;
 pub mod server;

@@ -3,21 +3,9 @@
 use drover_proto::api::AuditPage;
 
 use crate::cli::AuditArgs;
-use crate::client::Client;
+use crate::client::{Client, escape};
 use crate::error::CliResult;
 use crate::output::{self, or_dash};
-
-/// Query-string value escaping for the few characters ids and actions may hold.
-fn escape(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 pub async fn run(client: &Client, args: AuditArgs, json: bool) -> CliResult<()> {
     let mut path = format!("/api/v1/audit?limit={}", args.limit);

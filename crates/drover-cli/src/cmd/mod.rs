@@ -1,6 +1,7 @@
 //! One module per subcommand; [`run`] dispatches.
 
 mod audit;
+mod devices;
 mod login;
 mod server;
 mod tokens;
@@ -19,6 +20,9 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Whoami => login::whoami(&connect(g)?, g.json).await,
         Command::Tokens(cmd) => tokens::run(&connect(g)?, cmd, g.json).await,
         Command::Audit(args) => audit::run(&connect(g)?, args, g.json).await,
+        Command::EnrollTokens(cmd) => devices::enroll_tokens(&connect(g)?, cmd, g.json).await,
+        Command::Devices(cmd) => devices::devices(&connect(g)?, cmd, g.json).await,
+        Command::Groups(cmd) => devices::groups(&connect(g)?, cmd, g.json).await,
     }
 }
 

@@ -1,5 +1,8 @@
 //! `drover server`: runs the control plane until SIGTERM or SIGINT.
 
+use std::time::Duration;
+
+use drover_server::devices::DeviceSettings;
 use drover_server::{ServerConfig, StartError};
 
 use crate::cli::{LogFormat, ServerArgs};
@@ -37,6 +40,16 @@ pub async fn run(args: ServerArgs, json: bool) -> CliResult<()> {
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         insecure_http: args.insecure_http,
+        devices: DeviceSettings {
+            heartbeat_interval: Duration::from_secs(args.heartbeat_interval_secs),
+            offline_after: Duration::from_secs(
+                args.offline_after_secs
+                    .unwrap_or(args.heartbeat_interval_secs * 3),
+            ),
+            cert_validity: Duration::from_secs(args.device_cert_validity_secs),
+            connects_per_ip_per_sec: args.connects_per_ip_per_sec,
+            ..Default::default()
+        },
     };
     let server = drover_server::start(cfg).await.map_err(|e| match e {
         // Mistakes in the flags themselves are usage errors.

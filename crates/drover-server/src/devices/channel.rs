@@ -387,6 +387,7 @@ async fn handle(
             tracing::info!(old_serial = serial, new_serial = %cert.serial, "renewed device certificate");
             Ok(Some(ServerMessage::Certificate {
                 certificate_pem: cert.pem,
+                expires_at_ms: cert.not_after_ms,
             }))
         }
     }

@@ -185,6 +185,7 @@ impl Devices {
                         device_id,
                         status: EnrollStatus::Pending,
                         certificate_pem: None,
+                        certificate_expires_at_ms: None,
                         retry_after_secs: Some(PENDING_RETRY_SECS),
                     },
                 ));
@@ -270,6 +271,7 @@ impl Devices {
                     device_id,
                     status: EnrollStatus::Accepted,
                     certificate_pem: Some(cert.pem),
+                    certificate_expires_at_ms: Some(cert.not_after_ms),
                     retry_after_secs: None,
                 },
             ));

@@ -246,6 +246,7 @@ pub struct GroupRecord {
     pub version: i64,
 }
 
+#[allow(clippy::large_enum_variant)] // built a few at a time, never stored in bulk
 /// One write in a [`Store::apply`] unit of work. `expected_version: None`
 /// inserts (failing with [`StoreError::Conflict`] if the row exists);
 /// `Some(v)` updates only if the stored row still has version `v`.

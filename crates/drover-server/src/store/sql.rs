@@ -190,7 +190,8 @@ macro_rules! group_from_row {
 macro_rules! fetch_all {
     ($self:expr, $sql:expr, $decode:ident $(, $bind:expr)?) => {
         on_pool!($self, p => {
-            let rows = sqlx::query(&$sql)$(.bind($bind))?.fetch_all(p).await?;
+            let sql: &str = &$sql;
+            let rows = sqlx::query(sql)$(.bind($bind))?.fetch_all(p).await?;
             rows.iter().map(|row| $decode!(row)).collect::<StoreResult<Vec<_>>>()
         })
     };
@@ -678,12 +679,21 @@ impl Store for SqlStore {
     }
 
     async fn get_preauth(&self, public_key: &str) -> StoreResult<Option<PreauthRecord>> {
-        let rows = fetch_all!(self, "SELECT public_key, device_id, tags, created_at, created_by FROM preauthorized_keys WHERE public_key = $1".to_string(), preauth_from_row, public_key)?;
+        let rows = fetch_all!(
+            self,
+            "SELECT public_key, device_id, tags, created_at, created_by FROM preauthorized_keys WHERE public_key = $1",
+            preauth_from_row,
+            public_key
+        )?;
         Ok(rows.into_iter().next())
     }
 
     async fn list_preauth(&self) -> StoreResult<Vec<PreauthRecord>> {
-        fetch_all!(self, "SELECT public_key, device_id, tags, created_at, created_by FROM preauthorized_keys ORDER BY created_at".to_string(), preauth_from_row)
+        fetch_all!(
+            self,
+            "SELECT public_key, device_id, tags, created_at, created_by FROM preauthorized_keys ORDER BY created_at",
+            preauth_from_row
+        )
     }
 
     async fn get_group(&self, name: &str) -> StoreResult<Option<GroupRecord>> {

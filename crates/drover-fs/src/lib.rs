@@ -1,4 +1,6 @@
 //! Small file helpers that survive power loss: atomic writes with modes.
+//! Shared by the server (CA, tokens) and the agent (keys, certificates,
+//! state); std only, so the agent stays small.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

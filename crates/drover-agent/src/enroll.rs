@@ -1,0 +1,183 @@
+//! Enrollment from the device's side: pin the fleet CA, send a CSR for the
+//! device's own key, store the certificate (or learn it is pending).
+
+use std::path::Path;
+
+use drover_proto::api::ErrorBody;
+use drover_proto::device::{EnrollRequest, EnrollResponse, EnrollStatus, EnrollmentToken};
+use serde::Deserialize;
+
+use crate::https;
+use crate::identity::{self, ServerInfo};
+
+/// How the device knows it talks to the right server.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// An operator's enrollment token: URL, CA fingerprint and secret.
+    Token(EnrollmentToken),
+    /// No token: a URL and the CA fingerprint (the device then waits as
+    /// pending, unless its key was pre-authorized).
+    Pinned { url: String, ca_fingerprint: String },
+}
+
+impl Trust {
+    fn url(&self) -> &str {
+        match self {
+            Trust::Token(t) => &t.url,
+            Trust::Pinned { url, .. } => url,
+        }
+    }
+    fn fingerprint(&self) -> String {
+        match self {
+            Trust::Token(t) => t.ca.to_lowercase(),
+            Trust::Pinned { ca_fingerprint, .. } => ca_fingerprint.to_lowercase(),
+        }
+    }
+    fn secret(&self) -> Option<String> {
+        match self {
+            Trust::Token(t) => Some(t.secret.clone()),
+            Trust::Pinned { .. } => None,
+        }
+    }
+}
+
+/// Why enrollment did not happen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EnrollError {
+    /// The server said no (bad token, revoked, rejected): `code` is its reason.
+    Refused { code: String, message: String },
+    /// Network, TLS, or a server that is not the pinned one.
+    Failed(String),
+}
+
+impl std::fmt::Display for EnrollError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EnrollError::Refused { code, message } => {
+                write!(f, "the server refused enrollment ({code}): {message}")
+            }
+            EnrollError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct CaDocument {
+    ca_pem: String,
+}
+
+/// Fetches the fleet CA and checks it against the pinned fingerprint.
+pub async fn fetch_pinned_ca(url: &str, fingerprint: &str) -> Result<String, EnrollError> {
+    let (status, body) = https::request(
+        url,
+        identity::fingerprint_only_tls(),
+        hyper::Method::GET,
+        "/v1/ca",
+        None,
+    )
+    .await
+    .map_err(EnrollError::Failed)?;
+    if !status.is_success() {
+        return Err(EnrollError::Failed(format!(
+            "{url} answered {status} for its CA; is it a Drover server?"
+        )));
+    }
+    let doc: CaDocument = serde_json::from_slice(&body).map_err(|e| {
+        EnrollError::Failed(format!(
+            "{url} sent no CA document ({e}); is it a Drover server?"
+        ))
+    })?;
+    match identity::pem_fingerprint(&doc.ca_pem) {
+        Some(fp) if fp == fingerprint => Ok(doc.ca_pem),
+        Some(fp) => Err(EnrollError::Failed(format!(
+            "{url} presents fleet CA {fp}, but the token pins {fingerprint}: refusing to enroll with a server that is not the expected one"
+        ))),
+        None => Err(EnrollError::Failed(format!(
+            "{url} sent a CA that is not a PEM certificate"
+        ))),
+    }
+}
+
+/// Sends the enrollment request; stores server facts and, when accepted,
+/// the certificate. Safe to repeat (a pending device asks again this way).
+pub async fn enroll(
+    data: &Path,
+    trust: &Trust,
+    hostname: Option<String>,
+) -> Result<EnrollResponse, EnrollError> {
+    let key = identity::load_or_create_key(data).map_err(EnrollError::Failed)?;
+    let url = trust.url().trim_end_matches('/').to_string();
+    let fingerprint = trust.fingerprint();
+    // Reuse the pinned CA if this device already has it.
+    let ca_path = data.join(identity::CA_FILE);
+    let ca_pem = match std::fs::read_to_string(&ca_path) {
+        Ok(pem) if identity::pem_fingerprint(&pem).as_deref() == Some(fingerprint.as_str()) => pem,
+        _ => {
+            let pem = fetch_pinned_ca(&url, &fingerprint).await?;
+            drover_fs::write_atomic(&ca_path, pem.as_bytes(), 0o644).map_err(|e| {
+                EnrollError::Failed(format!("cannot write {}: {e}", ca_path.display()))
+            })?;
+            pem
+        }
+    };
+    let mut info = ServerInfo {
+        url: url.clone(),
+        ca_fingerprint: fingerprint,
+        cert_expires_at_ms: None,
+        cert_received_at_ms: None,
+    };
+    identity::save_server(data, &info).map_err(EnrollError::Failed)?;
+
+    let req = EnrollRequest {
+        csr_pem: identity::csr_pem(&key).map_err(EnrollError::Failed)?,
+        token: trust.secret(),
+        hostname,
+    };
+    let tls = identity::client_tls(&ca_pem, None).map_err(EnrollError::Failed)?;
+    let (status, body) = https::request(
+        &url,
+        tls,
+        hyper::Method::POST,
+        "/v1/enroll",
+        Some(serde_json::to_vec(&req).expect("serializes")),
+    )
+    .await
+    .map_err(EnrollError::Failed)?;
+    if !status.is_success() {
+        return Err(match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(b) => EnrollError::Refused {
+                code: b.error.code,
+                message: b.error.message,
+            },
+            Err(_) => EnrollError::Failed(format!("the server answered {status}")),
+        });
+    }
+    let resp: EnrollResponse = serde_json::from_slice(&body)
+        .map_err(|e| EnrollError::Failed(format!("unexpected enrollment answer: {e}")))?;
+    if resp.device_id != identity::device_id(&key) {
+        return Err(EnrollError::Failed(
+            "the server answered for another device id".into(),
+        ));
+    }
+    if resp.status == EnrollStatus::Accepted {
+        let Some(cert) = &resp.certificate_pem else {
+            return Err(EnrollError::Failed("accepted without a certificate".into()));
+        };
+        // Check the certificate is for our key before storing it.
+        identity::client_tls(&ca_pem, Some((cert, &key.serialize_pem())))
+            .map_err(EnrollError::Failed)?;
+        drover_fs::write_atomic(&data.join(identity::CERT_FILE), cert.as_bytes(), 0o644)
+            .map_err(|e| EnrollError::Failed(format!("cannot write the certificate: {e}")))?;
+        info.cert_expires_at_ms = resp.certificate_expires_at_ms;
+        info.cert_received_at_ms = Some(now_ms());
+        identity::save_server(data, &info).map_err(EnrollError::Failed)?;
+    }
+    Ok(resp)
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

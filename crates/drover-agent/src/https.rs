@@ -1,0 +1,149 @@
+//! A minimal HTTPS client for the agent's few plain requests (enrollment,
+//! fetching the CA): hyper's HTTP/1.1 connection over tokio-rustls, with
+//! timeouts and a cap on answer size. (reqwest would double the agent.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Largest answer body read.
+const MAX_ANSWER: usize = 1 << 20;
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `scheme://host[:port]` split into (host, port).
+pub fn host_port(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("server URL {url:?} must start with https://"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or("unclosed [ in the server URL")?;
+        (h.to_string(), after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (authority.to_string(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("server URL {url:?} has no host"));
+    }
+    let port = match port {
+        Some(p) => p
+            .parse()
+            .map_err(|_| format!("bad port in server URL {url:?}"))?,
+        None => 443,
+    };
+    Ok((host, port))
+}
+
+/// Opens TCP + TLS to the server of `url`.
+pub async fn connect_tls(
+    url: &str,
+    tls: Arc<rustls::ClientConfig>,
+    bind: Option<std::net::IpAddr>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let (host, port) = host_port(url)?;
+    let tcp = tokio::time::timeout(TIMEOUT, async {
+        match bind {
+            // The simulator spreads devices over many loopback addresses.
+            Some(ip) => {
+                let addr = tokio::net::lookup_host((host.as_str(), port))
+                    .await?
+                    .next()
+                    .ok_or_else(|| std::io::Error::other("no address"))?;
+                let sock = if addr.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                sock.bind(std::net::SocketAddr::new(ip, 0))?;
+                sock.connect(addr).await
+            }
+            None => TcpStream::connect((host.as_str(), port)).await,
+        }
+    })
+    .await
+    .map_err(|_| format!("connecting to {host}:{port} timed out"))?
+    .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls_pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| format!("bad host {host:?}: {e}"))?;
+    tokio::time::timeout(
+        TIMEOUT,
+        tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| format!("TLS handshake with {host}:{port} timed out"))?
+    .map_err(|e| format!("TLS handshake with {host}:{port} failed: {e}"))
+}
+
+/// Sends one request and returns (status, body).
+pub async fn request(
+    url: &str,
+    tls: Arc<rustls::ClientConfig>,
+    method: hyper::Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(hyper::StatusCode, Bytes), String> {
+    let (host, port) = host_port(url)?;
+    let stream = connect_tls(url, tls, None).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, format!("{host}:{port}"))
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("drover-agent/", env!("CARGO_PKG_VERSION")),
+        );
+    if body.is_some() {
+        req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(TIMEOUT, sender.send_request(req))
+        .await
+        .map_err(|_| "the server did not answer in time".to_string())?
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = resp.status();
+    let bytes = tokio::time::timeout(
+        TIMEOUT,
+        Limited::new(resp.into_body(), MAX_ANSWER).collect(),
+    )
+    .await
+    .map_err(|_| "the server's answer did not arrive in time".to_string())?
+    .map_err(|e| format!("cannot read the answer: {e}"))?
+    .to_bytes();
+    Ok((status, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_port;
+
+    #[test]
+    fn urls_split_into_host_and_port() {
+        assert_eq!(
+            host_port("https://a.example:8443").unwrap(),
+            ("a.example".into(), 8443)
+        );
+        assert_eq!(
+            host_port("https://a.example/x").unwrap(),
+            ("a.example".into(), 443)
+        );
+        assert_eq!(host_port("https://[::1]:9").unwrap(), ("::1".into(), 9));
+        assert!(host_port("http://a.example").is_err());
+        assert!(host_port("https://:1").is_err());
+    }
+}

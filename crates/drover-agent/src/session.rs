@@ -1,0 +1,502 @@
+//! The control channel from the device's side.
+//!
+//! [`Agent::run`] keeps one channel up for as long as it runs: connect
+//! (mTLS, WebSocket), `hello`, then converge: send the inventory (full the
+//! first time, only changes after), apply each desired configuration and
+//! report the outcome, heartbeat, renew the certificate before it expires.
+//! When the channel drops it waits a full-jitter backoff and reconnects. It
+//! stops only when told to, or when the server says this device may not
+//! connect at all (revoked, rejected).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drover_proto::device::{
+    AgentMessage, ApplyStatus, Document, MAX_FRAME_BYTES, PROTOCOL_VERSION, ServerMessage,
+    decode_server, encode,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::apply::Applier;
+use crate::backoff::Backoff;
+use crate::enroll::now_ms;
+use crate::identity::{self, Identity};
+use crate::state::AgentState;
+
+/// Where the inventory comes from.
+#[derive(Clone)]
+pub enum InventorySource {
+    /// Collect from the system (real devices).
+    System(crate::inventory::InventoryConfig),
+    /// A fixed document (simulated devices).
+    Fixed(Document),
+}
+
+impl InventorySource {
+    async fn collect(&self) -> Document {
+        match self {
+            InventorySource::Fixed(d) => d.clone(),
+            InventorySource::System(cfg) => {
+                let cfg = cfg.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::inventory::collect(
+                        &cfg,
+                        &crate::inventory::SystemPaths::default(),
+                        crate::AGENT_VERSION,
+                    )
+                })
+                .await
+                .unwrap_or_default()
+            }
+        }
+    }
+}
+
+/// Why the agent stopped for good.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stop {
+    /// Asked to stop (signal, test).
+    Requested,
+    /// The server will never accept this device again (`code`).
+    Refused { code: String, message: String },
+}
+
+/// How one connection ended.
+enum SessionEnd {
+    /// Worth reconnecting; the bool says it was up long enough to reset backoff.
+    Retry(String, bool),
+    Stop(Stop),
+}
+
+/// Codes after which reconnecting cannot help.
+const FATAL_CODES: &[&str] = &[
+    "device_revoked",
+    "device_rejected",
+    "unknown_device",
+    "identity_mismatch",
+    "unsupported_protocol",
+];
+
+pub struct Agent {
+    pub identity: Identity,
+    pub applier: Applier,
+    pub inventory: InventorySource,
+    pub inventory_interval: Duration,
+    pub state: AgentState,
+    /// Data directory to persist state and certificates in; `None` keeps
+    /// everything in memory (simulated devices).
+    pub persist: Option<PathBuf>,
+    /// Source address to connect from (the simulator spreads devices over
+    /// 127.0.0.0/8).
+    pub bind: Option<std::net::IpAddr>,
+    pub backoff: Backoff,
+    pub renew_at_fraction_left: f64,
+    /// Counts of what happened, for the simulator and tests.
+    pub stats: Arc<Stats>,
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connects: std::sync::atomic::AtomicU64,
+    pub connected: std::sync::atomic::AtomicBool,
+    pub failures: std::sync::atomic::AtomicU64,
+    pub applied: std::sync::atomic::AtomicU64,
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn inventory_hash(doc: &Document) -> String {
+    identity::sha256_hex(&drover_proto::device::canonical_json(doc))
+}
+
+impl Agent {
+    fn persist_state(&self) {
+        if let Some(dir) = &self.persist
+            && let Err(e) = self.state.save(dir)
+        {
+            tracing::error!(error = %e, "cannot save agent state");
+        }
+    }
+
+    /// Runs until `stop` turns true or the server refuses the device.
+    pub async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Stop {
+        loop {
+            let mut inner = stop.clone();
+            let end = tokio::select! {
+                end = self.session(&mut inner) => end,
+                _ = stopped(&mut stop) => SessionEnd::Stop(Stop::Requested),
+            };
+            self.stats
+                .connected
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            match end {
+                SessionEnd::Stop(s) => return s,
+                SessionEnd::Retry(why, was_up) => {
+                    if was_up {
+                        self.backoff.reset();
+                    }
+                    self.stats
+                        .failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let delay = self.backoff.next_delay();
+                    tracing::info!(reason = %why, ?delay, "control channel down; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stopped(&mut stop) => return Stop::Requested,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn session(&mut self, stop: &mut watch::Receiver<bool>) -> SessionEnd {
+        let tls = match self.identity.tls() {
+            Ok(t) => t,
+            Err(e) => {
+                return SessionEnd::Stop(Stop::Refused {
+                    code: "bad_identity".into(),
+                    message: e,
+                });
+            }
+        };
+        let stream =
+            match crate::https::connect_tls(&self.identity.server.url, tls, self.bind).await {
+                Ok(s) => s,
+                Err(e) => return SessionEnd::Retry(e, false),
+            };
+        let (host, port) = crate::https::host_port(&self.identity.server.url).unwrap_or_default();
+        let request = match format!("wss://{host}:{port}/v1/device/connect").into_client_request() {
+            Ok(r) => r,
+            Err(e) => return SessionEnd::Retry(e.to_string(), false),
+        };
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0)
+            .max_message_size(Some(MAX_FRAME_BYTES))
+            .max_frame_size(Some(MAX_FRAME_BYTES));
+        let mut ws = match tokio_tungstenite::client_async_with_config(
+            request,
+            stream,
+            Some(config),
+        )
+        .await
+        {
+            Ok((ws, _)) => ws,
+            Err(tungstenite::Error::Http(resp)) => {
+                let body = resp.body().as_deref().unwrap_or_default();
+                let (code, message) =
+                    match serde_json::from_slice::<drover_proto::api::ErrorBody>(body) {
+                        Ok(b) => (b.error.code, b.error.message),
+                        Err(_) => (
+                            "http_error".to_string(),
+                            format!("the server answered {}", resp.status()),
+                        ),
+                    };
+                if FATAL_CODES.contains(&code.as_str()) {
+                    return SessionEnd::Stop(Stop::Refused { code, message });
+                }
+                return SessionEnd::Retry(format!("{code}: {message}"), false);
+            }
+            Err(e) => return SessionEnd::Retry(format!("WebSocket handshake failed: {e}"), false),
+        };
+        self.stats
+            .connects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let connected_at = Instant::now();
+        let hello = AgentMessage::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            device_id: self.identity.device_id.clone(),
+            agent_version: crate::AGENT_VERSION.into(),
+            inventory_hash: self.state.inventory_acked_hash.clone(),
+            applied_revision: self.state.applied_revision.clone(),
+        };
+        if let Err(e) = ws.send(Message::Binary(encode(&hello).into())).await {
+            return SessionEnd::Retry(format!("cannot send hello: {e}"), false);
+        }
+        let welcome = match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => decode_server(&b),
+            Ok(other) => return SessionEnd::Retry(format!("no welcome: {other:?}"), false),
+            Err(_) => return SessionEnd::Retry("no welcome within 15 s".into(), false),
+        };
+        let (heartbeat, server_inventory_hash) = match welcome {
+            Ok(ServerMessage::Welcome {
+                heartbeat_interval_secs,
+                inventory_hash,
+                ..
+            }) => (
+                Duration::from_secs(heartbeat_interval_secs.clamp(1, 3600)),
+                inventory_hash,
+            ),
+            Ok(ServerMessage::Error { code, message, .. }) => {
+                if FATAL_CODES.contains(&code.as_str()) {
+                    return SessionEnd::Stop(Stop::Refused { code, message });
+                }
+                return SessionEnd::Retry(format!("{code}: {message}"), false);
+            }
+            other => return SessionEnd::Retry(format!("expected welcome, got {other:?}"), false),
+        };
+        self.stats
+            .connected
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(device_id = %self.identity.device_id, "control channel up");
+
+        // The inventory sent and not yet acknowledged, with its hash.
+        let mut in_flight: Option<(String, Document)> = None;
+        let current = self.inventory.collect().await;
+        let current_hash = inventory_hash(&current);
+        if server_inventory_hash.as_deref() == Some(current_hash.as_str()) {
+            self.state.inventory_acked_hash = Some(current_hash);
+            self.state.inventory_acked = current;
+            self.persist_state();
+        } else if let Some(msg) =
+            self.inventory_message(&current, server_inventory_hash.as_deref(), &mut in_flight)
+            && let Err(e) = ws.send(Message::Binary(encode(&msg).into())).await
+        {
+            return SessionEnd::Retry(format!("cannot send inventory: {e}"), false);
+        }
+
+        let mut beat = tokio::time::interval(heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        beat.tick().await;
+        let mut inventory_tick = tokio::time::interval(self.inventory_interval);
+        inventory_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        inventory_tick.tick().await;
+        let mut last_heard = Instant::now();
+        let mut renewal_asked = false;
+        let was_up = |t: Instant| t.elapsed() > Duration::from_secs(30);
+
+        loop {
+            tokio::select! {
+                frame = ws.next() => {
+                    let bytes = match frame {
+                        Some(Ok(Message::Binary(b))) => b,
+                        Some(Ok(Message::Pong(_) | Message::Ping(_))) => { last_heard = Instant::now(); continue; }
+                        Some(Ok(Message::Close(c))) => return SessionEnd::Retry(format!("server closed: {c:?}"), was_up(connected_at)),
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return SessionEnd::Retry(format!("read failed: {e}"), was_up(connected_at)),
+                        None => return SessionEnd::Retry("connection closed".into(), was_up(connected_at)),
+                    };
+                    last_heard = Instant::now();
+                    let msg = match decode_server(&bytes) {
+                        Ok(m) => m,
+                        Err(e) => return SessionEnd::Retry(format!("bad frame from server: {e}"), was_up(connected_at)),
+                    };
+                    match self.handle(msg, &mut in_flight).await {
+                        Ok(Some(reply)) => {
+                            if let Err(e) = ws.send(Message::Binary(encode(&reply).into())).await {
+                                return SessionEnd::Retry(format!("send failed: {e}"), was_up(connected_at));
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(end) => return end,
+                    }
+                }
+                _ = beat.tick() => {
+                    if last_heard.elapsed() > heartbeat * 3 {
+                        return SessionEnd::Retry("server silent".into(), was_up(connected_at));
+                    }
+                    let mut out = vec![Message::Binary(encode(&AgentMessage::Heartbeat {}).into()), Message::Ping(Vec::new().into())];
+                    if !renewal_asked && self.renewal_due() {
+                        match identity::csr_pem(&self.identity.key) {
+                            Ok(csr_pem) => {
+                                tracing::info!("certificate nearing expiry: asking for a new one");
+                                out.push(Message::Binary(encode(&AgentMessage::RenewCertificate { csr_pem }).into()));
+                                renewal_asked = true;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot build a renewal CSR"),
+                        }
+                    }
+                    for m in out {
+                        if let Err(e) = ws.send(m).await {
+                            return SessionEnd::Retry(format!("send failed: {e}"), was_up(connected_at));
+                        }
+                    }
+                }
+                _ = inventory_tick.tick() => {
+                    let current = self.inventory.collect().await;
+                    let acked = self.state.inventory_acked_hash.clone();
+                    if acked.as_deref() != Some(inventory_hash(&current).as_str())
+                        && let Some(msg) = self.inventory_message(&current, acked.as_deref(), &mut in_flight)
+                        && let Err(e) = ws.send(Message::Binary(encode(&msg).into())).await
+                    {
+                        return SessionEnd::Retry(format!("send failed: {e}"), was_up(connected_at));
+                    }
+                }
+                _ = stopped(stop) => {
+                    let _ = ws.close(None).await;
+                    return SessionEnd::Stop(Stop::Requested);
+                }
+            }
+        }
+    }
+
+    /// A full report, or only the changes when the server holds exactly
+    /// the inventory we last had acknowledged.
+    fn inventory_message(
+        &self,
+        current: &Document,
+        server_hash: Option<&str>,
+        in_flight: &mut Option<(String, Document)>,
+    ) -> Option<AgentMessage> {
+        let hash = inventory_hash(current);
+        *in_flight = Some((hash.clone(), current.clone()));
+        let base_matches =
+            server_hash.is_some() && server_hash == self.state.inventory_acked_hash.as_deref();
+        if base_matches {
+            let mut delta = crate::inventory::diff(&self.state.inventory_acked, current);
+            // Volatile keys (uptime) are left out of diffs; send them along
+            // with any change so both sides hold exactly the same document.
+            for k in crate::inventory::VOLATILE_KEYS {
+                if let Some(v) = current.get(*k)
+                    && self.state.inventory_acked.get(*k) != Some(v)
+                {
+                    delta.set.insert((*k).to_string(), v.clone());
+                }
+            }
+            if delta.set.is_empty() && delta.removed.is_empty() {
+                return None;
+            }
+            Some(AgentMessage::Inventory {
+                full: false,
+                set: delta.set,
+                removed: delta.removed,
+                hash,
+            })
+        } else {
+            Some(AgentMessage::Inventory {
+                full: true,
+                set: current.clone(),
+                removed: vec![],
+                hash,
+            })
+        }
+    }
+
+    fn renewal_due(&self) -> bool {
+        let (Some(expires), Some(received)) = (
+            self.identity.server.cert_expires_at_ms,
+            self.identity.server.cert_received_at_ms,
+        ) else {
+            return false;
+        };
+        let life = (expires - received).max(1) as f64;
+        let left = (expires - now_ms()) as f64;
+        left < life * self.renew_at_fraction_left
+    }
+
+    async fn handle(
+        &mut self,
+        msg: ServerMessage,
+        in_flight: &mut Option<(String, Document)>,
+    ) -> Result<Option<AgentMessage>, SessionEnd> {
+        match msg {
+            ServerMessage::Desired { revision, config } => {
+                tracing::info!(%revision, keys = config.len(), "applying desired configuration");
+                let result = self.applier.apply(&revision, &config).await;
+                let (status, error) = match result {
+                    Ok(()) => (ApplyStatus::Applied, None),
+                    Err(e) => {
+                        tracing::warn!(%revision, error = %e, "desired configuration not applied");
+                        (ApplyStatus::Failed, Some(e))
+                    }
+                };
+                self.state.applied_revision = Some(revision.clone());
+                self.state.applied_status = Some(status);
+                self.state.applied_error = error.clone();
+                if status == ApplyStatus::Applied {
+                    self.state.applied_config = config.clone();
+                    self.stats
+                        .applied
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                self.persist_state();
+                let reported = if status == ApplyStatus::Applied {
+                    config
+                } else {
+                    self.state.applied_config.clone()
+                };
+                Ok(Some(AgentMessage::Reported {
+                    revision,
+                    status,
+                    config: reported,
+                    error,
+                }))
+            }
+            ServerMessage::InventoryAck { hash } => {
+                match in_flight.take() {
+                    Some((sent_hash, doc)) if sent_hash == hash => {
+                        self.state.inventory_acked_hash = Some(hash);
+                        self.state.inventory_acked = doc;
+                        self.persist_state();
+                        Ok(None)
+                    }
+                    Some((_, doc)) => {
+                        // The server applied a delta to another base: resend in full.
+                        let h = inventory_hash(&doc);
+                        *in_flight = Some((h.clone(), doc.clone()));
+                        Ok(Some(AgentMessage::Inventory {
+                            full: true,
+                            set: doc,
+                            removed: vec![],
+                            hash: h,
+                        }))
+                    }
+                    None => Ok(None),
+                }
+            }
+            ServerMessage::Certificate {
+                certificate_pem,
+                expires_at_ms,
+            } => {
+                if let Err(e) = identity::client_tls(
+                    &self.identity.ca_pem,
+                    Some((&certificate_pem, &self.identity.key.serialize_pem())),
+                ) {
+                    tracing::warn!(error = %e, "the renewed certificate is not usable; keeping the old one");
+                    return Ok(None);
+                }
+                self.identity.cert_pem = certificate_pem;
+                self.identity.server.cert_expires_at_ms = Some(expires_at_ms);
+                self.identity.server.cert_received_at_ms = Some(now_ms());
+                if let Some(dir) = &self.persist {
+                    // Certificate first, then the facts about it.
+                    let ok = drover_fs::write_atomic(
+                        &dir.join(identity::CERT_FILE),
+                        self.identity.cert_pem.as_bytes(),
+                        0o644,
+                    )
+                    .map_err(|e| e.to_string())
+                    .and_then(|_| identity::save_server(dir, &self.identity.server));
+                    if let Err(e) = ok {
+                        tracing::error!(error = %e, "cannot store the renewed certificate");
+                    }
+                }
+                tracing::info!("certificate renewed");
+                Ok(None)
+            }
+            ServerMessage::Error {
+                code,
+                message,
+                fatal,
+            } => {
+                tracing::warn!(%code, %message, fatal, "server reported an error");
+                if FATAL_CODES.contains(&code.as_str()) {
+                    return Err(SessionEnd::Stop(Stop::Refused { code, message }));
+                }
+                if fatal {
+                    return Err(SessionEnd::Retry(format!("{code}: {message}"), true));
+                }
+                Ok(None)
+            }
+            ServerMessage::ReportedAck { .. } | ServerMessage::Welcome { .. } => Ok(None),
+        }
+    }
+}
