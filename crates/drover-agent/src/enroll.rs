@@ -98,6 +98,50 @@ pub async fn fetch_pinned_ca(url: &str, fingerprint: &str) -> Result<String, Enr
     }
 }
 
+/// Asks the server for a certificate for `key` (one `POST /v1/enroll`),
+/// trusting only `ca_pem`. Nothing is written: the simulator keeps its
+/// devices in memory, [`enroll`] stores the result.
+pub async fn request_certificate(
+    url: &str,
+    ca_pem: &str,
+    key: &rcgen::KeyPair,
+    secret: Option<String>,
+    hostname: Option<String>,
+) -> Result<EnrollResponse, EnrollError> {
+    let req = EnrollRequest {
+        csr_pem: identity::csr_pem(key).map_err(EnrollError::Failed)?,
+        token: secret,
+        hostname,
+    };
+    let tls = identity::client_tls(ca_pem, None).map_err(EnrollError::Failed)?;
+    let body = Some(serde_json::to_vec(&req).expect("serializes"));
+    let (status, body) = https::request(url, tls, hyper::Method::POST, "/v1/enroll", body)
+        .await
+        .map_err(EnrollError::Failed)?;
+    if !status.is_success() {
+        return Err(match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(b) => EnrollError::Refused {
+                code: b.error.code,
+                message: b.error.message,
+            },
+            Err(_) => EnrollError::Failed(format!("the server answered {status}")),
+        });
+    }
+    let resp: EnrollResponse = serde_json::from_slice(&body)
+        .map_err(|e| EnrollError::Failed(format!("unexpected enrollment answer: {e}")))?;
+    if resp.device_id != identity::device_id(key) {
+        return Err(EnrollError::Failed(
+            "the server answered for another device id".into(),
+        ));
+    }
+    if let Some(cert) = &resp.certificate_pem {
+        // Check the certificate is for our key before anyone uses it.
+        identity::client_tls(ca_pem, Some((cert, &key.serialize_pem())))
+            .map_err(EnrollError::Failed)?;
+    }
+    Ok(resp)
+}
+
 /// Sends the enrollment request; stores server facts and, when accepted,
 /// the certificate. Safe to repeat (a pending device asks again this way).
 pub async fn enroll(
@@ -128,44 +172,11 @@ pub async fn enroll(
     };
     identity::save_server(data, &info).map_err(EnrollError::Failed)?;
 
-    let req = EnrollRequest {
-        csr_pem: identity::csr_pem(&key).map_err(EnrollError::Failed)?,
-        token: trust.secret(),
-        hostname,
-    };
-    let tls = identity::client_tls(&ca_pem, None).map_err(EnrollError::Failed)?;
-    let (status, body) = https::request(
-        &url,
-        tls,
-        hyper::Method::POST,
-        "/v1/enroll",
-        Some(serde_json::to_vec(&req).expect("serializes")),
-    )
-    .await
-    .map_err(EnrollError::Failed)?;
-    if !status.is_success() {
-        return Err(match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(b) => EnrollError::Refused {
-                code: b.error.code,
-                message: b.error.message,
-            },
-            Err(_) => EnrollError::Failed(format!("the server answered {status}")),
-        });
-    }
-    let resp: EnrollResponse = serde_json::from_slice(&body)
-        .map_err(|e| EnrollError::Failed(format!("unexpected enrollment answer: {e}")))?;
-    if resp.device_id != identity::device_id(&key) {
-        return Err(EnrollError::Failed(
-            "the server answered for another device id".into(),
-        ));
-    }
+    let resp = request_certificate(&url, &ca_pem, &key, trust.secret(), hostname).await?;
     if resp.status == EnrollStatus::Accepted {
         let Some(cert) = &resp.certificate_pem else {
             return Err(EnrollError::Failed("accepted without a certificate".into()));
         };
-        // Check the certificate is for our key before storing it.
-        identity::client_tls(&ca_pem, Some((cert, &key.serialize_pem())))
-            .map_err(EnrollError::Failed)?;
         drover_fs::write_atomic(&data.join(identity::CERT_FILE), cert.as_bytes(), 0o644)
             .map_err(|e| EnrollError::Failed(format!("cannot write the certificate: {e}")))?;
         info.cert_expires_at_ms = resp.certificate_expires_at_ms;

@@ -68,6 +68,56 @@ pub enum Command {
     /// Device groups (static lists or queries) and their configuration.
     #[command(subcommand)]
     Groups(GroupsCommand),
+    /// Run many simulated devices in this process, over the real protocol.
+    Sim(SimArgs),
+    /// Start a server on the embedded default with a simulated fleet to explore.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// An enrollment token (`drover-enroll-v1.…`); without one, the sim
+    /// creates one with the logged-in API token.
+    #[arg(
+        long = "enroll-token",
+        env = "DROVER_ENROLL_TOKEN",
+        hide_env_values = true
+    )]
+    pub enroll_token: Option<String>,
+    /// How many devices.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub devices: u64,
+    /// Tags for the devices when the sim creates the enrollment token (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    pub tags: Vec<(String, String)>,
+    /// Share of the devices that disconnect and come back each minute (0-1).
+    #[arg(long, default_value_t = 0.0)]
+    pub churn_per_min: f64,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub duration_secs: Option<u64>,
+    /// Enrollments in flight at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub concurrency: u64,
+    /// Connect from many 127.0.x.y addresses when the server is on loopback
+    /// (as devices behind different NATs would).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub spread_addresses: bool,
+    /// Reconnect backoff cap in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub reconnect_max_secs: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Data directory of the demo server.
+    #[arg(long = "data", default_value = "./drover-demo", value_name = "DIR")]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = drover_server::ServerConfig::DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Simulated devices to enroll.
+    #[arg(long, default_value_t = 24)]
+    pub devices: u64,
 }
 
 /// `key=value`, for tags and configuration.

@@ -1,9 +1,11 @@
 //! One module per subcommand; [`run`] dispatches.
 
 mod audit;
+mod demo;
 mod devices;
 mod login;
 mod server;
+mod sim;
 mod tokens;
 
 use crate::cli::{Cli, Command, GlobalArgs};
@@ -23,6 +25,8 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::EnrollTokens(cmd) => devices::enroll_tokens(&connect(g)?, cmd, g.json).await,
         Command::Devices(cmd) => devices::devices(&connect(g)?, cmd, g.json).await,
         Command::Groups(cmd) => devices::groups(&connect(g)?, cmd, g.json).await,
+        Command::Sim(args) => sim::run(args, g).await,
+        Command::Demo(args) => demo::run(args, g.json).await,
     }
 }
 
@@ -44,7 +48,7 @@ fn read_ca(path: &std::path::Path) -> CliResult<String> {
 }
 
 /// A client from the stored profile, with flags and environment on top.
-fn connect(g: &GlobalArgs) -> CliResult<Client> {
+pub(crate) fn connect(g: &GlobalArgs) -> CliResult<Client> {
     let stored = profile::load(&profile_path(g)?)?;
     let server = g
         .server

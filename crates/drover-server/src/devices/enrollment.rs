@@ -205,11 +205,9 @@ impl Devices {
                 }
                 (_, Some(t), _) => {
                     // Use up one of the token's uses, in the same transaction.
-                    let mut used = t.clone();
-                    used.uses_left = t.uses_left.map(|n| n - 1);
-                    changes.push(Change::PutEnrollToken {
-                        token: used,
-                        expected_version: Some(t.version),
+                    changes.push(Change::ConsumeEnrollToken {
+                        id: t.id.clone(),
+                        now,
                     });
                     (Some(format!("token:{}", t.id)), t.tags.clone())
                 }

@@ -260,6 +260,13 @@ pub enum Change {
         token: EnrollTokenRecord,
         expected_version: Option<i64>,
     },
+    /// Uses up one use of an enrollment token, if it still has one and is
+    /// neither revoked nor expired at `now` (no version check: concurrent
+    /// enrollments with one token must not fight over its row).
+    ConsumeEnrollToken {
+        id: String,
+        now: i64,
+    },
     PutPreauth(PreauthRecord),
     DeletePreauth {
         public_key: String,

@@ -264,6 +264,16 @@ macro_rules! apply_change {
                     .await?
                     .rows_affected()
             }
+            Change::ConsumeEnrollToken { id, now } => sqlx::query(
+                "UPDATE enroll_tokens SET uses_left = uses_left - 1
+                 WHERE id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)
+                   AND (uses_left IS NULL OR uses_left > 0)",
+            )
+            .bind(id)
+            .bind(*now)
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected(),
             Change::PutPreauth(r) => sqlx::query(
                 "INSERT INTO preauthorized_keys (public_key, device_id, tags, created_at, created_by)
                  VALUES ($1, $2, $3, $4, $5)",
