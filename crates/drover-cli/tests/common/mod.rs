@@ -27,6 +27,16 @@ impl ServerProc {
     pub fn ca(&self) -> PathBuf {
         self.data.join("ca.crt")
     }
+    pub fn port(&self) -> u16 {
+        self.info["listen"]
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
     pub fn admin_token(&self) -> String {
         std::fs::read_to_string(self.data.join("admin.token"))
             .unwrap()
@@ -79,9 +89,10 @@ pub fn try_start_server(
     args: &[&str],
 ) -> Result<ServerProc, (Option<i32>, String)> {
     let mut cmd = Command::new(DROVER);
-    cmd.args(["server", "--json", "--data"])
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0"]);
+    cmd.args(["server", "--json", "--data"]).arg(data);
+    if !args.contains(&"--listen") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
     if let Some(db) = database {
         cmd.args(["--database", db]);
     }
@@ -220,4 +231,152 @@ pub fn database_for(backend: drover_testkit::Backend) -> Option<String> {
                 .block_on(drover_testkit::postgres_url()),
         ),
     }
+}
+
+/// The `drover-agent` binary next to `drover` (another package, so Cargo
+/// gives tests no path for it); built on first use if it is missing.
+pub fn agent_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = Path::new(DROVER).with_file_name("drover-agent");
+        if !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "drover-agent", "--bin", "drover-agent"])
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "building drover-agent failed");
+        }
+        bin
+    })
+    .clone()
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A device: its data directory and, while running, its agent process.
+pub struct AgentProc {
+    pub data: PathBuf,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl AgentProc {
+    /// A device with its own data dir and a config file holding `extra_toml`.
+    pub fn new(dir: &Path, name: &str, extra_toml: &str) -> AgentProc {
+        let data = dir.join(name);
+        std::fs::create_dir_all(&data).unwrap();
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\nreconnect_min_ms = 100\nreconnect_max_secs = 1\n{extra_toml}",
+                data
+            ),
+        )
+        .unwrap();
+        AgentProc {
+            data,
+            config,
+            child: None,
+            log: dir.join(format!("{name}.log")),
+        }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        Command::new(agent_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("DROVER_LOG", "info")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run drover-agent")
+    }
+
+    pub fn enroll_with(&self, token: &str) -> Output {
+        self.cmd(&["enroll", "--token", token])
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::File::create(&self.log).unwrap();
+        let child = Command::new(agent_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .env("DROVER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn drover-agent run");
+        self.child = Some(child);
+    }
+
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    /// Waits for the agent to exit and returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let child = self.child.as_mut().expect("agent running");
+        let status = wait_for("agent exit", limit, || child.try_wait().unwrap());
+        self.child = None;
+        status.code()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn device_id(&self) -> String {
+        let out = self.cmd(&["key"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap()
+            .trim_start_matches("device id: ")
+            .to_string()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Creates an enrollment token through the CLI; returns the token text.
+pub fn enroll_token(cli: &Cli, args: &[&str]) -> String {
+    let mut all = vec!["enroll-tokens", "create"];
+    all.extend_from_slice(args);
+    cli.json(&all)["token"].as_str().unwrap().to_string()
+}
+
+/// `drover devices show ID --json`.
+pub fn device(cli: &Cli, id: &str) -> Value {
+    cli.json(&["devices", "show", id])
 }
