@@ -56,7 +56,7 @@ log "checking formatting"
 cargo fmt --all -- --check
 
 log "checking that drover-agent links no server dependency"
-if cargo tree -p drover-agent -e normal --prefix none | grep -E '^(drover-server|sqlx|axum|hyper) '; then
+if cargo tree -p drover-agent -e normal --prefix none | grep -E '^(drover-server|sqlx|axum|utoipa|metrics-exporter-prometheus|reqwest) '; then
   echo "drover-agent must not depend on server crates" >&2
   exit 1
 fi

@@ -215,3 +215,72 @@ fn flags_and_environment_override_the_profile() {
     let me: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(me["role"], "admin");
 }
+
+#[test]
+fn demo_runs_a_fleet_that_the_cli_can_explore() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(DROVER)
+        .args([
+            "demo",
+            "--json",
+            "--listen",
+            "127.0.0.1:0",
+            "--devices",
+            "6",
+            "--data",
+        ])
+        .arg(dir.path().join("demo"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut doc = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
+            "demo exited early"
+        );
+        doc.push_str(&line);
+        if line == "}\n" {
+            break;
+        }
+    }
+    let info: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    let cli = Cli::new();
+    let ca = info["ca_cert"].as_str().unwrap();
+    let out = cli.run(&[
+        "login",
+        "--server",
+        info["url"].as_str().unwrap(),
+        "--token",
+        info["admin_token"].as_str().unwrap(),
+        "--ca-cert",
+        ca,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let online = wait_for(
+        "6 devices online and in sync",
+        std::time::Duration::from_secs(30),
+        || {
+            let list = cli.json(&["devices", "list", "--query", "status = online"]);
+            let devices = list["devices"].as_array().unwrap().clone();
+            (devices.len() == 6 && devices.iter().all(|d| d["in_sync"] == true)).then_some(devices)
+        },
+    );
+    assert!(
+        online.iter().any(|d| d["tags"]["region"] == "eu")
+            && online.iter().any(|d| d["tags"]["region"] == "us")
+    );
+    let groups = cli.json(&["groups", "list"]);
+    assert_eq!(groups["groups"].as_array().unwrap().len(), 3);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "demo stops cleanly on SIGTERM: {status}");
+}
