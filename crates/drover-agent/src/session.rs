@@ -67,6 +67,7 @@ pub enum Stop {
 }
 
 /// How one connection ended.
+#[derive(Debug)]
 enum SessionEnd {
     /// Worth reconnecting; the bool says it was up long enough to reset backoff.
     Retry(String, bool),
@@ -498,5 +499,193 @@ impl Agent {
             }
             ServerMessage::ReportedAck { .. } | ServerMessage::Welcome { .. } => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(acked: Option<&Document>) -> Agent {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut state = AgentState::default();
+        if let Some(doc) = acked {
+            state.inventory_acked = doc.clone();
+            state.inventory_acked_hash = Some(inventory_hash(doc));
+        }
+        Agent {
+            identity: Identity {
+                device_id: identity::device_id(&key),
+                server: identity::ServerInfo {
+                    url: "https://127.0.0.1:1".into(),
+                    ca_fingerprint: String::new(),
+                    cert_expires_at_ms: Some(1_000),
+                    cert_received_at_ms: Some(0),
+                },
+                key: Arc::new(key),
+                cert_pem: String::new(),
+                ca_pem: String::new(),
+            },
+            applier: Applier::Simulated,
+            inventory: InventorySource::Fixed(Document::new()),
+            inventory_interval: Duration::from_secs(60),
+            state,
+            persist: None,
+            bind: None,
+            backoff: Backoff::new(Duration::from_millis(10), Duration::from_secs(1)),
+            renew_at_fraction_left: 1.0 / 3.0,
+            stats: Default::default(),
+        }
+    }
+
+    fn doc(pairs: &[(&str, &str)]) -> Document {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn only_changes_are_sent_when_the_server_holds_the_acknowledged_inventory() {
+        let old = doc(&[
+            ("arch", "x86_64"),
+            ("os.id", "debian"),
+            ("uptime_secs", "10"),
+        ]);
+        let new = doc(&[
+            ("arch", "x86_64"),
+            ("kernel.release", "6.1"),
+            ("uptime_secs", "20"),
+        ]);
+        let a = agent(Some(&old));
+        let mut in_flight = None;
+        let acked = a.state.inventory_acked_hash.clone();
+        match a.inventory_message(&new, acked.as_deref(), &mut in_flight) {
+            Some(AgentMessage::Inventory {
+                full: false,
+                set,
+                removed,
+                hash,
+            }) => {
+                assert_eq!(
+                    set,
+                    doc(&[("kernel.release", "6.1"), ("uptime_secs", "20")]),
+                    "changes and the volatile uptime"
+                );
+                assert_eq!(removed, vec!["os.id".to_string()]);
+                assert_eq!(
+                    hash,
+                    inventory_hash(&new),
+                    "the hash is of the whole new inventory"
+                );
+            }
+            other => panic!("expected a delta, got {other:?}"),
+        }
+        // The server holds something else (or nothing): a full report.
+        match a.inventory_message(&new, Some("other"), &mut in_flight) {
+            Some(AgentMessage::Inventory {
+                full: true, set, ..
+            }) => assert_eq!(set, new),
+            other => panic!("expected a full report, got {other:?}"),
+        }
+        match agent(None).inventory_message(&new, None, &mut in_flight) {
+            Some(AgentMessage::Inventory { full: true, .. }) => {}
+            other => panic!("first report must be full, got {other:?}"),
+        }
+        // Nothing changed: nothing to send.
+        assert!(
+            a.inventory_message(&old, acked.as_deref(), &mut in_flight)
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_nack_of_a_delta_triggers_a_full_report_and_an_ack_is_remembered() {
+        let old = doc(&[("a", "1")]);
+        let new = doc(&[("a", "2")]);
+        let mut a = agent(Some(&old));
+        let mut in_flight = Some((inventory_hash(&new), new.clone()));
+        // The server ended with another hash: resend everything.
+        let reply = a
+            .handle(
+                ServerMessage::InventoryAck {
+                    hash: "different".into(),
+                },
+                &mut in_flight,
+            )
+            .await;
+        assert!(matches!(
+            reply,
+            Ok(Some(AgentMessage::Inventory { full: true, .. }))
+        ));
+        let reply = a
+            .handle(
+                ServerMessage::InventoryAck {
+                    hash: inventory_hash(&new),
+                },
+                &mut in_flight,
+            )
+            .await;
+        assert!(matches!(reply, Ok(None)));
+        assert_eq!(a.state.inventory_acked, new);
+    }
+
+    #[tokio::test]
+    async fn desired_configurations_are_applied_and_reported() {
+        let mut a = agent(None);
+        let mut none = None;
+        let good = doc(&[("ntp", "pool")]);
+        let reply = a
+            .handle(
+                ServerMessage::Desired {
+                    revision: "r1".into(),
+                    config: good.clone(),
+                },
+                &mut none,
+            )
+            .await;
+        assert!(
+            matches!(reply, Ok(Some(AgentMessage::Reported { ref revision, status: ApplyStatus::Applied, ref config, .. })) if revision == "r1" && *config == good)
+        );
+        let bad = doc(&[("sim.fail_apply", "true")]);
+        let reply = a
+            .handle(
+                ServerMessage::Desired {
+                    revision: "r2".into(),
+                    config: bad,
+                },
+                &mut none,
+            )
+            .await;
+        match reply {
+            Ok(Some(AgentMessage::Reported {
+                status: ApplyStatus::Failed,
+                config,
+                error,
+                ..
+            })) => {
+                assert_eq!(
+                    config, good,
+                    "a failed apply reports what is still in effect"
+                );
+                assert!(error.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            a.renewal_due(),
+            "a certificate past its expiry is due for renewal"
+        );
+        let stop = a
+            .handle(
+                ServerMessage::Error {
+                    code: "device_revoked".into(),
+                    message: "m".into(),
+                    fatal: true,
+                },
+                &mut none,
+            )
+            .await;
+        assert!(matches!(stop, Err(SessionEnd::Stop(Stop::Refused { .. }))));
     }
 }

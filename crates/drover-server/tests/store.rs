@@ -236,3 +236,355 @@ async fn a_closed_pool_reports_unavailable() {
     })
     .await;
 }
+
+mod devices {
+    use super::*;
+    use drover_server::store::{
+        Change, DeviceRecord, EnrollTokenRecord, Enrollment, GroupRecord, PreauthRecord, Reported,
+    };
+
+    fn device(id: &str) -> DeviceRecord {
+        DeviceRecord {
+            id: id.into(),
+            public_key: format!("pk-{id}"),
+            enrollment: Enrollment::Pending,
+            hostname: Some("h".into()),
+            tags: [("region".to_string(), "eu".to_string())].into(),
+            inventory: [("arch".to_string(), "aarch64".to_string())].into(),
+            inventory_hash: Some("ih".into()),
+            desired: [("k".to_string(), "v".to_string())].into(),
+            reported: Some(Reported {
+                revision: "r".into(),
+                status: drover_server::store::ApplyStatus::Applied,
+                config: Default::default(),
+                error: None,
+                at: 5,
+            }),
+            agent_version: Some("0.1.0".into()),
+            cert_serial: Some("01".into()),
+            cert_not_after: Some(99),
+            enrolled_via: Some("operator".into()),
+            created_at: 1,
+            updated_at: 2,
+            last_seen: Some(3),
+            version: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn devices_round_trip_and_updates_need_the_version_they_read() {
+        each_backend(|store, backend, _| async move {
+            let d = device("aaaaaaaaaaaaaaaaaaaaaaaa");
+            assert!(
+                store
+                    .apply(
+                        &[Change::PutDevice {
+                            device: d.clone(),
+                            expected_version: None
+                        }],
+                        None
+                    )
+                    .await
+                    .unwrap()
+            );
+            assert_eq!(
+                store.get_device(&d.id).await.unwrap(),
+                Some(d.clone()),
+                "{backend:?}"
+            );
+            assert_eq!(
+                store
+                    .get_device_by_key(&d.public_key)
+                    .await
+                    .unwrap()
+                    .map(|x| x.id),
+                Some(d.id.clone())
+            );
+            // Inserting the same id again is a conflict.
+            let again = store
+                .apply(
+                    &[Change::PutDevice {
+                        device: d.clone(),
+                        expected_version: None,
+                    }],
+                    None,
+                )
+                .await;
+            assert!(
+                matches!(again, Err(drover_server::store::StoreError::Conflict(_))),
+                "{backend:?}: {again:?}"
+            );
+
+            let mut changed = d.clone();
+            changed.enrollment = Enrollment::Accepted;
+            assert!(
+                store
+                    .apply(
+                        &[Change::PutDevice {
+                            device: changed.clone(),
+                            expected_version: Some(1)
+                        }],
+                        None
+                    )
+                    .await
+                    .unwrap()
+            );
+            // A writer that read version 1 loses, and nothing of its unit of work stays.
+            let mut stale = d.clone();
+            stale.tags.clear();
+            let group = GroupRecord {
+                name: "g".into(),
+                query: None,
+                members: vec![],
+                desired: Default::default(),
+                created_at: 1,
+                updated_at: 1,
+                version: 1,
+            };
+            let ok = store
+                .apply(
+                    &[
+                        Change::PutGroup {
+                            group,
+                            expected_version: None,
+                        },
+                        Change::PutDevice {
+                            device: stale,
+                            expected_version: Some(1),
+                        },
+                    ],
+                    Some(&audit("x", "y")),
+                )
+                .await
+                .unwrap();
+            assert!(!ok, "{backend:?}: stale version must lose");
+            assert!(
+                store.get_group("g").await.unwrap().is_none(),
+                "{backend:?}: rolled back"
+            );
+            assert!(
+                store
+                    .list_audit(&AuditQuery {
+                        limit: 10,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            let now = store.get_device(&d.id).await.unwrap().unwrap();
+            assert_eq!(
+                (now.enrollment, now.version, now.tags.len()),
+                (Enrollment::Accepted, 2, 1)
+            );
+
+            // Presence: last_seen only moves forward, without a version bump.
+            store
+                .touch_devices(&[(d.id.clone(), 10), ("unknown".into(), 10)])
+                .await
+                .unwrap();
+            store.touch_devices(&[(d.id.clone(), 7)]).await.unwrap();
+            let now = store.get_device(&d.id).await.unwrap().unwrap();
+            assert_eq!((now.last_seen, now.version), (Some(10), 2));
+            assert_eq!(store.list_devices().await.unwrap().len(), 1);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn enrollment_token_uses_run_out_exactly() {
+        each_backend(|store, backend, _| async move {
+            let t = EnrollTokenRecord {
+                id: "t1".into(),
+                name: "n".into(),
+                secret_hash: "h".into(),
+                tags: Default::default(),
+                uses_left: Some(3),
+                expires_at: Some(1_000),
+                created_at: 1,
+                created_by: None,
+                revoked_at: None,
+                version: 1,
+            };
+            assert!(
+                store
+                    .apply(
+                        &[Change::PutEnrollToken {
+                            token: t,
+                            expected_version: None
+                        }],
+                        None
+                    )
+                    .await
+                    .unwrap()
+            );
+            // Ten concurrent uses of a three-use token: exactly three succeed.
+            let consume = [Change::ConsumeEnrollToken {
+                id: "t1".into(),
+                now: 500,
+            }];
+            let results = futures_join_all((0..10).map(|_| store.apply(&consume, None))).await;
+            let used = results
+                .into_iter()
+                .filter(|r| matches!(r, Ok(true)))
+                .count();
+            assert_eq!(used, 3, "{backend:?}");
+            assert_eq!(
+                store
+                    .get_enroll_token("t1")
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .uses_left,
+                Some(0)
+            );
+            // Expired: no use even with uses left.
+            let mut t2 = store.get_enroll_token("t1").await.unwrap().unwrap();
+            t2.id = "t2".into();
+            t2.uses_left = None;
+            assert!(
+                store
+                    .apply(
+                        &[Change::PutEnrollToken {
+                            token: t2,
+                            expected_version: None
+                        }],
+                        None
+                    )
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                store
+                    .apply(
+                        &[Change::ConsumeEnrollToken {
+                            id: "t2".into(),
+                            now: 500
+                        }],
+                        None
+                    )
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !store
+                    .apply(
+                        &[Change::ConsumeEnrollToken {
+                            id: "t2".into(),
+                            now: 2_000
+                        }],
+                        None
+                    )
+                    .await
+                    .unwrap()
+            );
+            assert_eq!(store.list_enroll_tokens().await.unwrap().len(), 2);
+        })
+        .await;
+    }
+
+    async fn futures_join_all<F: std::future::Future>(
+        futs: impl Iterator<Item = F>,
+    ) -> Vec<F::Output> {
+        let mut out = Vec::new();
+        let pinned: Vec<_> = futs.map(Box::pin).collect();
+        // Poll them concurrently on this task.
+        let mut pending: Vec<_> = pinned.into_iter().map(Some).collect();
+        let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut all = true;
+            for (i, slot) in pending.iter_mut().enumerate() {
+                if let Some(f) = slot {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => {
+                            results[i] = Some(v);
+                            *slot = None;
+                        }
+                        std::task::Poll::Pending => all = false,
+                    }
+                }
+            }
+            if all {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        out.extend(results.into_iter().map(|r| r.expect("ready")));
+        out
+    }
+
+    #[tokio::test]
+    async fn groups_and_preauthorized_keys_round_trip() {
+        each_backend(|store, backend, _| async move {
+            let g = GroupRecord {
+                name: "eu".into(),
+                query: Some("tag.region = eu".into()),
+                members: vec!["a".into(), "b".into()],
+                desired: [("ntp".to_string(), "pool".to_string())].into(),
+                created_at: 1,
+                updated_at: 1,
+                version: 1,
+            };
+            assert!(
+                store
+                    .apply(
+                        &[Change::PutGroup {
+                            group: g.clone(),
+                            expected_version: None
+                        }],
+                        None
+                    )
+                    .await
+                    .unwrap()
+            );
+            assert_eq!(
+                store.get_group("eu").await.unwrap(),
+                Some(g.clone()),
+                "{backend:?}"
+            );
+            assert!(
+                store
+                    .apply(&[Change::DeleteGroup { name: "eu".into() }], None)
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !store
+                    .apply(&[Change::DeleteGroup { name: "eu".into() }], None)
+                    .await
+                    .unwrap(),
+                "deleting twice reports nothing deleted"
+            );
+            let p = PreauthRecord {
+                public_key: "pk".into(),
+                device_id: "d".into(),
+                tags: Default::default(),
+                created_at: 1,
+                created_by: None,
+            };
+            assert!(
+                store
+                    .apply(&[Change::PutPreauth(p.clone())], None)
+                    .await
+                    .unwrap()
+            );
+            assert_eq!(store.get_preauth("pk").await.unwrap(), Some(p));
+            assert_eq!(store.list_preauth().await.unwrap().len(), 1);
+            assert!(
+                store
+                    .apply(
+                        &[Change::DeletePreauth {
+                            public_key: "pk".into()
+                        }],
+                        None
+                    )
+                    .await
+                    .unwrap()
+            );
+            assert!(store.get_preauth("pk").await.unwrap().is_none());
+        })
+        .await;
+    }
+}
