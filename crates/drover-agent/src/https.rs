@@ -14,31 +14,12 @@ use tokio::net::TcpStream;
 const MAX_ANSWER: usize = 1 << 20;
 const TIMEOUT: Duration = Duration::from_secs(20);
 
-/// `scheme://host[:port]` split into (host, port).
+/// The host and port to dial for an `https://` server URL (443 by default).
 pub fn host_port(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("https://")
-        .ok_or_else(|| format!("server URL {url:?} must start with https://"))?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or("unclosed [ in the server URL")?;
-        (h.to_string(), after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (authority.to_string(), None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("server URL {url:?} has no host"));
+    match drover_proto::url::split(url).map_err(|e| format!("server URL {url:?}: {e}"))? {
+        (scheme, host, port) if scheme == "https" => Ok((host, port.unwrap_or(443))),
+        _ => Err(format!("server URL {url:?} must start with https://")),
     }
-    let port = match port {
-        Some(p) => p
-            .parse()
-            .map_err(|_| format!("bad port in server URL {url:?}"))?,
-        None => 443,
-    };
-    Ok((host, port))
 }
 
 /// Opens TCP + TLS to the server of `url`.

@@ -137,39 +137,6 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<File, StartError> {
     Ok(f)
 }
 
-/// Splits `scheme://host[:port][/…]` into (scheme, host, port).
-fn parse_url(url: &str) -> Result<(String, String, Option<u16>), String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or("it has no scheme; write it like https://drover.example.com:8443")?;
-    if scheme != "https" && scheme != "http" {
-        return Err(format!("scheme {scheme:?} is not http or https"));
-    }
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.contains('@') {
-        return Err("it must not contain user information".into());
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or("unclosed [ in IPv6 address")?;
-        (h.to_string(), after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (authority.to_string(), None),
-        }
-    };
-    if host.is_empty() {
-        return Err("it has no host".into());
-    }
-    let port = port
-        .map(|p| {
-            p.parse::<u16>()
-                .map_err(|_| format!("port {p:?} is not a number from 1 to 65535"))
-        })
-        .transpose()?;
-    Ok((scheme.to_string(), host, port))
-}
-
 /// Creates a bootstrap admin token when no usable admin token exists: on the
 /// first start, and as the recovery path when every admin token expired
 /// (whoever can restart the server with its data directory is its admin).
@@ -312,7 +279,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
         format!("{scheme}://{host}:{}", local_addr.port())
     });
     let (url_scheme, public_host, _) =
-        parse_url(&public_url).map_err(|reason| StartError::PublicUrl {
+        drover_proto::url::split(&public_url).map_err(|reason| StartError::PublicUrl {
             url: public_url.clone(),
             reason,
         })?;
@@ -381,34 +348,4 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
         store,
         _lock: lock,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_url;
-
-    #[test]
-    fn public_urls_parse() {
-        assert_eq!(
-            parse_url("https://a.example:8443/x").unwrap(),
-            ("https".into(), "a.example".into(), Some(8443))
-        );
-        assert_eq!(
-            parse_url("https://[::1]:1").unwrap(),
-            ("https".into(), "::1".into(), Some(1))
-        );
-        assert_eq!(
-            parse_url("http://h").unwrap(),
-            ("http".into(), "h".into(), None)
-        );
-        for bad in [
-            "a.example",
-            "ftp://x",
-            "https://",
-            "https://u:p@h",
-            "https://h:99999",
-        ] {
-            assert!(parse_url(bad).is_err(), "{bad}");
-        }
-    }
 }
