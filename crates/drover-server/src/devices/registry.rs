@@ -20,12 +20,11 @@ use super::Effective;
 /// What a connection task is asked to do.
 #[derive(Debug)]
 pub enum Outbound {
-    Send(ServerMessage),
+    /// Boxed: the channel allocates a block of slots per connection up
+    /// front, so each slot must be small (idle connections add up).
+    Send(Box<ServerMessage>),
     /// Send a fatal error with this code and close the connection.
-    Close {
-        code: &'static str,
-        message: String,
-    },
+    Close { code: &'static str, message: String },
 }
 
 /// One live control channel.
@@ -55,10 +54,10 @@ impl Conn {
         if last.as_deref() == Some(eff.revision.as_str()) {
             return false;
         }
-        let sent = self.send(Outbound::Send(ServerMessage::Desired {
+        let sent = self.send(Outbound::Send(Box::new(ServerMessage::Desired {
             revision: eff.revision.clone(),
             config: eff.config.clone(),
-        }));
+        })));
         if sent {
             *last = Some(eff.revision.clone());
         }
@@ -83,7 +82,7 @@ pub struct Registry {
 impl Registry {
     /// Registers a new connection for `device_id`, closing any older one.
     pub fn register(&self, device_id: &str, now: i64) -> (Arc<Conn>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = mpsc::channel(16);
         let conn = Arc::new(Conn {
             conn_id: self.next_id.fetch_add(1, Ordering::Relaxed),
             device_id: device_id.to_string(),
