@@ -11,6 +11,10 @@ log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 # Resident set size of PID in KiB (VmRSS).
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# Anonymous memory of PID in KiB (heap and stacks; RSS less mapped files).
+anon_kib() { awk '/^Anonymous:/ {print $2}' "/proc/$1/smaps_rollup"; }
+# WARN and ERROR lines in a log (tracing colours them, so match loosely).
+warn_count() { grep -c -E 'WARN|ERROR' "$1" || true; }
 # Open descriptors of PID.
 fd_count() { ls "/proc/$1/fd" 2>/dev/null | wc -l; }
 
@@ -47,8 +51,11 @@ trap cleanup EXIT
 start_server() {
   local data="$1" port="$2"; shift 2
   ulimit -n "$(ulimit -Hn)"
-  DROVER_LOG="${DROVER_LOG:-warn}" "$DROVER" server --data "$data" --listen "127.0.0.1:$port" "$@" \
-    >"$data.out" 2>"$data.log" &
+  # SERVER_ENV: extra environment for the server only, e.g.
+  # SERVER_ENV="LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2".
+  echo "=== $(date -u +%FT%TZ) start ${SERVER_ENV:-}" >>"$data.log"
+  env ${SERVER_ENV:-} DROVER_LOG="${DROVER_LOG:-warn}" "$DROVER" server --data "$data" --listen "127.0.0.1:$port" "$@" \
+    >>"$data.out" 2>>"$data.log" &
   SERVER_PID=$!
   track "$SERVER_PID"
   local i

@@ -22,7 +22,15 @@ pub enum Applier {
 }
 
 impl Applier {
-    pub async fn apply(&self, revision: &str, config: &Document) -> Result<(), String> {
+    /// Applies `config`; on failure the file is put back to `previous` (the
+    /// configuration still in effect), so local software never reads a
+    /// configuration the device reports as not applied.
+    pub async fn apply(
+        &self,
+        revision: &str,
+        config: &Document,
+        previous: &Document,
+    ) -> Result<(), String> {
         match self {
             Applier::Simulated => {
                 if config.get("sim.fail_apply").map(String::as_str) == Some("true") {
@@ -44,7 +52,14 @@ impl Applier {
                 drover_fs::write_atomic(desired_file, &body, 0o644)
                     .map_err(|e| format!("cannot write {}: {e}", desired_file.display()))?;
                 let Some(hook) = hook else { return Ok(()) };
-                run_hook(hook, desired_file, revision, *hook_timeout).await
+                let result = run_hook(hook, desired_file, revision, *hook_timeout).await;
+                if result.is_err() {
+                    let back = serde_json::to_vec_pretty(previous).expect("serializes");
+                    if let Err(e) = drover_fs::write_atomic(desired_file, &back, 0o644) {
+                        tracing::error!(error = %e, "cannot restore the previous desired configuration");
+                    }
+                }
+                result
             }
         }
     }
@@ -114,14 +129,19 @@ mod tests {
             hook_timeout: Duration::from_secs(10),
         };
         let good: Document = [("mode".to_string(), "good".to_string())].into();
-        a.apply("r1", &good).await.unwrap();
+        a.apply("r1", &good, &Document::new()).await.unwrap();
         let written: Document = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
         assert_eq!(written, good);
         let bad: Document = [("mode".to_string(), "bad".to_string())].into();
-        let err = a.apply("r2", &bad).await.unwrap_err();
+        let err = a.apply("r2", &bad, &good).await.unwrap_err();
         assert!(
             err.contains("exited") && err.contains("bad mode in r2"),
             "{err}"
+        );
+        let after: Document = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(
+            after, good,
+            "a failed apply leaves the configuration in effect"
         );
     }
 }

@@ -87,15 +87,14 @@ pub async fn fetch_pinned_ca(url: &str, fingerprint: &str) -> Result<String, Enr
             "{url} sent no CA document ({e}); is it a Drover server?"
         ))
     })?;
-    match identity::pem_fingerprint(&doc.ca_pem) {
-        Some(fp) if fp == fingerprint => Ok(doc.ca_pem),
-        Some(fp) => Err(EnrollError::Failed(format!(
-            "{url} presents fleet CA {fp}, but the token pins {fingerprint}: refusing to enroll with a server that is not the expected one"
-        ))),
-        None => Err(EnrollError::Failed(format!(
-            "{url} sent a CA that is not a PEM certificate"
-        ))),
-    }
+    // Keep only the certificate that matches the pin: a CA document with
+    // extra certificates must not add trust anchors.
+    identity::pinned_certificate(&doc.ca_pem, fingerprint).ok_or_else(|| {
+        let presented = identity::pem_fingerprint(&doc.ca_pem).unwrap_or_else(|| "no single certificate".into());
+        EnrollError::Failed(format!(
+            "{url} presents fleet CA {presented}, but the token pins {fingerprint}: refusing to enroll with a server that is not the expected one"
+        ))
+    })
 }
 
 /// Asks the server for a certificate for `key` (one `POST /v1/enroll`),
@@ -170,9 +169,12 @@ pub async fn enroll(
         cert_expires_at_ms: None,
         cert_received_at_ms: None,
     };
-    identity::save_server(data, &info).map_err(EnrollError::Failed)?;
-
     let resp = request_certificate(&url, &ca_pem, &key, trust.secret(), hostname).await?;
+    // Remember the server only once it answered: a refused token must not
+    // leave a device that later asks again without it (and goes pending).
+    if resp.status == EnrollStatus::Pending {
+        identity::save_server(data, &info).map_err(EnrollError::Failed)?;
+    }
     if resp.status == EnrollStatus::Accepted {
         let Some(cert) = &resp.certificate_pem else {
             return Err(EnrollError::Failed("accepted without a certificate".into()));

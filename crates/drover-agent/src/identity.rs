@@ -79,11 +79,36 @@ pub fn csr_pem(key: &KeyPair) -> Result<String, String> {
         .map_err(|e| format!("cannot build a CSR: {e}"))
 }
 
-/// Fingerprint of the first certificate in `pem`.
+/// Fingerprint of the certificate in `pem`, which must hold exactly one:
+/// a file with more could smuggle a second trust anchor past the pin.
 pub fn pem_fingerprint(pem: &str) -> Option<String> {
-    CertificateDer::from_pem_slice(pem.as_bytes())
-        .ok()
-        .map(|d| sha256_hex(&d))
+    let mut certs = CertificateDer::pem_slice_iter(pem.as_bytes());
+    let first = certs.next()?.ok()?;
+    if certs.next().is_some() {
+        return None;
+    }
+    Some(sha256_hex(&first))
+}
+
+/// The certificate of `pem` whose SHA-256 is `fingerprint`, alone, as PEM.
+/// This is what the agent trusts: never anything else the server sent.
+pub fn pinned_certificate(pem: &str, fingerprint: &str) -> Option<String> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .find(|c| sha256_hex(c) == fingerprint)
+        .map(|c| {
+            use std::fmt::Write;
+            let b64 = drover_proto::base64url::encode(&c)
+                .replace('-', "+")
+                .replace('_', "/");
+            let padded = format!("{b64}{}", "=".repeat((4 - b64.len() % 4) % 4));
+            let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+            for line in padded.as_bytes().chunks(64) {
+                let _ = writeln!(out, "{}", String::from_utf8_lossy(line));
+            }
+            out.push_str("-----END CERTIFICATE-----\n");
+            out
+        })
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -208,7 +233,17 @@ impl Identity {
                 data.join(CA_FILE).display()
             ));
         }
-        let key = load_or_create_key(data)?;
+        // An enrolled device without its key cannot be repaired by making a
+        // new one: say so instead of presenting a certificate for another key.
+        let key_path = data.join(KEY_FILE);
+        let key_pem = std::fs::read_to_string(&key_path).map_err(|e| {
+            format!(
+                "{}: {e}; the device key is gone, so the device must be enrolled again",
+                key_path.display()
+            )
+        })?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| format!("{} is not a usable key: {e}", key_path.display()))?;
         Ok(Some(Identity {
             device_id: device_id(&key),
             server,
@@ -237,6 +272,36 @@ pub fn save_server(data: &Path, info: &ServerInfo) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pinned_ca_file_holds_exactly_one_certificate() {
+        let (a, b) = (
+            rcgen::KeyPair::generate().unwrap(),
+            rcgen::KeyPair::generate().unwrap(),
+        );
+        let ca = |k: &rcgen::KeyPair| {
+            CertificateParams::new(Vec::<String>::new())
+                .unwrap()
+                .self_signed(k)
+                .unwrap()
+                .pem()
+        };
+        let (good, evil) = (ca(&a), ca(&b));
+        let fp = pem_fingerprint(&good).unwrap();
+        let smuggled = format!("{good}{evil}");
+        assert_eq!(
+            pem_fingerprint(&smuggled),
+            None,
+            "a second certificate must not pass the pin"
+        );
+        let kept = pinned_certificate(&smuggled, &fp).unwrap();
+        assert_eq!(
+            pem_fingerprint(&kept).as_deref(),
+            Some(fp.as_str()),
+            "only the pinned certificate is kept"
+        );
+        assert!(pinned_certificate(&evil, &fp).is_none());
+    }
 
     #[test]
     fn key_is_private_stable_and_yields_a_stable_id() {

@@ -37,8 +37,32 @@ pub enum InventorySource {
     Fixed(Document),
 }
 
+/// Keeps an inventory within what one frame and the server accept,
+/// dropping the last keys and saying how many were dropped.
+pub fn bounded(mut doc: Document) -> Document {
+    const BUDGET: usize = MAX_FRAME_BYTES - 4 * 1024;
+    let limit = drover_proto::device::MAX_INVENTORY_ENTRIES - 1;
+    let mut dropped = 0;
+    while doc.len() > limit || drover_proto::device::canonical_json(&doc).len() > BUDGET {
+        doc.pop_last();
+        dropped += 1;
+    }
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            "inventory too large for one report; dropped the last keys"
+        );
+        doc.insert("agent.inventory_truncated".into(), dropped.to_string());
+    }
+    doc
+}
+
 impl InventorySource {
     async fn collect(&self) -> Document {
+        bounded(self.collect_raw().await)
+    }
+
+    async fn collect_raw(&self) -> Document {
         match self {
             InventorySource::Fixed(d) => d.clone(),
             InventorySource::System(cfg) => {
@@ -297,6 +321,9 @@ impl Agent {
                             }
                         }
                         Ok(None) => {}
+                        // A refusal right after connecting must not reset the
+                        // backoff, or a bad message would loop fast.
+                        Err(SessionEnd::Retry(why, _)) => return SessionEnd::Retry(why, was_up(connected_at)),
                         Err(end) => return end,
                     }
                 }
@@ -401,7 +428,10 @@ impl Agent {
         match msg {
             ServerMessage::Desired { revision, config } => {
                 tracing::info!(%revision, keys = config.len(), "applying desired configuration");
-                let result = self.applier.apply(&revision, &config).await;
+                let result = self
+                    .applier
+                    .apply(&revision, &config, &self.state.applied_config)
+                    .await;
                 let (status, error) = match result {
                     Ok(()) => (ApplyStatus::Applied, None),
                     Err(e) => {
@@ -409,10 +439,12 @@ impl Agent {
                         (ApplyStatus::Failed, Some(e))
                     }
                 };
-                self.state.applied_revision = Some(revision.clone());
                 self.state.applied_status = Some(status);
                 self.state.applied_error = error.clone();
                 if status == ApplyStatus::Applied {
+                    // Only a revision that took effect counts as applied: a
+                    // failed one is offered again on the next connection.
+                    self.state.applied_revision = Some(revision.clone());
                     self.state.applied_config = config.clone();
                     self.stats
                         .applied

@@ -22,6 +22,7 @@ use super::registry::{Conn, Outbound};
 use super::{Devices, effective};
 use crate::clock::now_ms;
 use crate::pki::Csr;
+use crate::store::Enrollment;
 use crate::store::Reported;
 
 /// A device must say hello this fast after the upgrade.
@@ -138,38 +139,42 @@ pub async fn run(devices: Arc<Devices>, mut ws: WebSocket, device_id: String, se
         .await;
     }
 
-    // 2. Register and welcome.
+    // 2. Register first, then re-read the device: a revocation that lands
+    // in between finds the registered connection and closes it.
     let now = now_ms();
-    let device = match devices
+    let (conn, mut outbound) = devices.registry.register(&device_id, now);
+    let loaded = devices
         .update_device(&device_id, |d| {
             let changed = d.agent_version.as_deref() != Some(agent_version.as_str())
-                || d.last_seen != Some(now);
+                || d.last_seen.is_none_or(|t| t < now);
             d.agent_version = Some(agent_version.clone());
-            d.last_seen = Some(now);
+            d.last_seen = Some(d.last_seen.map_or(now, |t| t.max(now)));
             changed
         })
-        .await
-    {
-        Ok(Some(d)) => d,
-        Ok(None) => {
-            return fail(
-                &mut ws,
-                "unknown_device",
-                format!("device {device_id} is not known"),
-            )
-            .await;
-        }
+        .await;
+    let refusal = match &loaded {
+        Ok(Some(d)) if d.enrollment == Enrollment::Accepted => None,
+        Ok(Some(d)) => Some((
+            "device_revoked",
+            format!("device {device_id} is {}", d.enrollment.as_str()),
+        )),
+        Ok(None) => Some(("unknown_device", format!("device {device_id} is not known"))),
         Err(e) => {
             tracing::warn!(error = %e, "cannot load device");
-            return fail(
-                &mut ws,
+            Some((
                 "unavailable",
-                "the server cannot reach its database; retry later".into(),
-            )
-            .await;
+                "the server cannot reach its database; retry later".to_string(),
+            ))
         }
     };
-    let (conn, mut outbound) = devices.registry.register(&device_id, now);
+    let device = match (refusal, loaded) {
+        (None, Ok(Some(d))) => d,
+        (Some((code, message)), _) => {
+            devices.registry.unregister(&conn);
+            return fail(&mut ws, code, message).await;
+        }
+        _ => unreachable!("no refusal means a loaded, accepted device"),
+    };
     metrics::counter!("drover_device_connects_total").increment(1);
     tracing::info!(%agent_version, "device connected");
     let welcome = ServerMessage::Welcome {
@@ -211,19 +216,23 @@ async fn serve(
     serial: &str,
 ) {
     let offline_after = devices.settings.offline_after;
+    // Silence is measured from the last frame the device sent, whatever the
+    // server sends meanwhile.
+    let mut last_heard = tokio::time::Instant::now();
     loop {
         let frame = tokio::select! {
-            f = tokio::time::timeout(offline_after, ws.recv()) => f,
-            cmd = outbound.recv() => {
-                match cmd {
-                    Some(Outbound::Send(msg)) => {
+            f = ws.recv() => Ok(f),
+            _ = tokio::time::sleep_until(last_heard + offline_after) => Err(()),
+            msg = outbound.recv() => {
+                match msg {
+                    Some(msg) => {
                         if !send(ws, &msg).await { return; }
                         continue;
                     }
-                    Some(Outbound::Close { code, message }) => return fail(ws, code, message).await,
                     None => return,
                 }
             }
+            (code, message) = conn.close_requested() => return fail(ws, code, message).await,
         };
         let bytes = match frame {
             Err(_) => {
@@ -238,8 +247,12 @@ async fn serve(
                 return;
             }
             Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return,
-            Ok(Some(Ok(Message::Binary(b)))) => b,
+            Ok(Some(Ok(Message::Binary(b)))) => {
+                last_heard = tokio::time::Instant::now();
+                b
+            }
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {
+                last_heard = tokio::time::Instant::now();
                 conn.last_seen.store(now_ms(), Ordering::Relaxed);
                 continue;
             }
@@ -329,6 +342,11 @@ async fn handle(
                 .await
                 .map_err(unavailable)?;
             let hash = stored.and_then(|d| d.inventory_hash).unwrap_or_default();
+            // Groups may select by inventory: what the device should run
+            // can change with what it reports.
+            if let Err(e) = devices.reconcile(Some(id)).await {
+                tracing::warn!(error = %e, "cannot push desired state after an inventory change");
+            }
             // The agent compares this with its own hash and sends a full
             // report when they differ (a delta against a stale base).
             Ok(Some(ServerMessage::InventoryAck { hash }))

@@ -17,15 +17,10 @@ use tokio::sync::mpsc;
 
 use super::Effective;
 
-/// What a connection task is asked to do.
-#[derive(Debug)]
-pub enum Outbound {
-    /// Boxed: the channel allocates a block of slots per connection up
-    /// front, so each slot must be small (idle connections add up).
-    Send(Box<ServerMessage>),
-    /// Send a fatal error with this code and close the connection.
-    Close { code: &'static str, message: String },
-}
+/// A message for a connection task to send. Boxed: the channel allocates a
+/// block of slots per connection up front, so each slot must be small (idle
+/// connections add up).
+pub type Outbound = Box<ServerMessage>;
 
 /// One live control channel.
 #[derive(Debug)]
@@ -37,12 +32,39 @@ pub struct Conn {
     pub last_seen: AtomicI64,
     tx: mpsc::Sender<Outbound>,
     pushed_revision: Mutex<Option<String>>,
+    /// Why the connection must close, once something asked it to. Kept
+    /// outside the queue so a full queue can never swallow a revocation.
+    close_reason: Mutex<Option<(&'static str, String)>>,
+    close: tokio::sync::Notify,
 }
 
 impl Conn {
     /// Queues a message; `false` if the connection is gone or too far behind.
-    pub fn send(&self, msg: Outbound) -> bool {
-        self.tx.try_send(msg).is_ok()
+    pub fn send(&self, msg: ServerMessage) -> bool {
+        self.tx.try_send(Box::new(msg)).is_ok()
+    }
+
+    /// Asks the connection to send a fatal error `code` and close. Never
+    /// lost: the reason is stored and the task is woken (or finds the
+    /// wake-up waiting when it next looks).
+    pub fn request_close(&self, code: &'static str, message: String) {
+        *self.close_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some((code, message));
+        self.close.notify_one();
+    }
+
+    /// Resolves once a close was requested, with its reason.
+    pub async fn close_requested(&self) -> (&'static str, String) {
+        loop {
+            if let Some(r) = self
+                .close_reason
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            {
+                return r;
+            }
+            self.close.notified().await;
+        }
     }
 
     /// Pushes the desired configuration unless this revision was already sent.
@@ -54,10 +76,16 @@ impl Conn {
         if last.as_deref() == Some(eff.revision.as_str()) {
             return false;
         }
-        let sent = self.send(Outbound::Send(Box::new(ServerMessage::Desired {
+        let msg = ServerMessage::Desired {
             revision: eff.revision.clone(),
             config: eff.config.clone(),
-        })));
+        };
+        if drover_proto::device::encode(&msg).len() > drover_proto::device::MAX_FRAME_BYTES {
+            metrics::counter!("drover_desired_too_large_total").increment(1);
+            tracing::error!(device_id = %self.device_id, revision = %eff.revision, "desired configuration exceeds one frame; not sent");
+            return false;
+        }
+        let sent = self.send(msg);
         if sent {
             *last = Some(eff.revision.clone());
         }
@@ -90,6 +118,8 @@ impl Registry {
             last_seen: AtomicI64::new(now),
             tx,
             pushed_revision: Mutex::new(None),
+            close_reason: Mutex::new(None),
+            close: tokio::sync::Notify::new(),
         });
         let old = self
             .conns
@@ -97,10 +127,10 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner())
             .insert(device_id.to_string(), conn.clone());
         if let Some(old) = old {
-            old.send(Outbound::Close {
-                code: "replaced",
-                message: "a newer connection of this device replaced this one".into(),
-            });
+            old.request_close(
+                "replaced",
+                "a newer connection of this device replaced this one".into(),
+            );
         }
         metrics::gauge!("drover_devices_connected").set(self.len() as f64);
         (conn, rx)
@@ -169,20 +199,17 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner())
             .values()
         {
-            c.send(Outbound::Close {
-                code,
-                message: message.to_string(),
-            });
+            c.request_close(code, message.to_string());
         }
     }
 
     /// Closes a device's live connection (revocation), if any.
     pub fn close(&self, device_id: &str, code: &'static str, message: &str) -> bool {
         match self.get(device_id) {
-            Some(c) => c.send(Outbound::Close {
-                code,
-                message: message.to_string(),
-            }),
+            Some(c) => {
+                c.request_close(code, message.to_string());
+                true
+            }
             None => false,
         }
     }
@@ -234,15 +261,10 @@ mod tests {
     #[test]
     fn a_reconnect_replaces_and_closes_the_old_connection() {
         let r = Registry::default();
-        let (old, mut old_rx) = r.register("d", 1);
+        let (old, _old_rx) = r.register("d", 1);
         let (new, _new_rx) = r.register("d", 2);
-        assert!(matches!(
-            old_rx.try_recv(),
-            Ok(Outbound::Close {
-                code: "replaced",
-                ..
-            })
-        ));
+        let reason = futures_now(old.close_requested());
+        assert_eq!(reason.0, "replaced");
         r.unregister(&old);
         assert!(
             r.is_online("d"),
@@ -250,6 +272,27 @@ mod tests {
         );
         r.unregister(&new);
         assert!(!r.is_online("d"));
+    }
+
+    /// Polls a future that must already be ready.
+    fn futures_now<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("not ready"),
+        }
+    }
+
+    #[test]
+    fn a_close_request_is_kept_even_when_the_queue_is_full() {
+        let r = Registry::default();
+        let (conn, _rx) = r.register("d", 1);
+        while conn.send(ServerMessage::InventoryAck {
+            hash: String::new(),
+        }) {}
+        assert!(r.close("d", "device_revoked", "revoked"));
+        assert_eq!(futures_now(conn.close_requested()).0, "device_revoked");
     }
 
     #[test]
