@@ -75,14 +75,19 @@ metric() {
     | awk -v n="$name" '$1 == n {print $2; found=1; exit} END {if (!found) print 0}'
 }
 
-# Waits until the gauge drover_devices_connected reaches N (or TIMEOUT s).
+# Waits until N devices are connected (or TIMEOUT s): both the gauge
+# drover_devices_connected (registered channels, including ones still
+# waiting for the database) and the counter drover_device_connects_total
+# (connects that got as far as the welcome) must reach N. Prints the smaller.
 wait_connected() {
-  local data="$1" port="$2" n="$3" timeout="$4" start c
+  local data="$1" port="$2" n="$3" timeout="$4" start c g k body
   start=$(date +%s)
   while :; do
-    c=$(metric "$data" "$port" drover_devices_connected 2>/dev/null || echo 0)
-    c=${c%.*}
-    [ "${c:-0}" -ge "$n" ] && { echo "$c"; return 0; }
+    body=$(curl -sf -m 5 --cacert "$data/ca.crt" "https://127.0.0.1:$port/metrics" 2>/dev/null || true)
+    g=$(awk '$1 == "drover_devices_connected" {printf "%d", $2}' <<<"$body"); g=${g:-0}
+    k=$(awk '$1 == "drover_device_connects_total" {printf "%d", $2}' <<<"$body"); k=${k:-0}
+    c=$(( g < k ? g : k ))
+    [ "$c" -ge "$n" ] && { echo "$c"; return 0; }
     if [ $(( $(date +%s) - start )) -ge "$timeout" ]; then echo "$c"; return 1; fi
     sleep 1
   done

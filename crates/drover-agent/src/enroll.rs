@@ -118,12 +118,20 @@ pub async fn request_certificate(
         .await
         .map_err(EnrollError::Failed)?;
     if !status.is_success() {
-        return Err(match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(b) => EnrollError::Refused {
+        let parsed = serde_json::from_slice::<ErrorBody>(&body).ok();
+        // Only a client error is the server's final word; overload (429)
+        // and server errors are worth asking again later.
+        let permanent = status.is_client_error() && status != hyper::StatusCode::TOO_MANY_REQUESTS;
+        return Err(match parsed {
+            Some(b) if permanent => EnrollError::Refused {
                 code: b.error.code,
                 message: b.error.message,
             },
-            Err(_) => EnrollError::Failed(format!("the server answered {status}")),
+            Some(b) => EnrollError::Failed(format!(
+                "the server cannot enroll devices right now ({}): {}",
+                b.error.code, b.error.message
+            )),
+            None => EnrollError::Failed(format!("the server answered {status}")),
         });
     }
     let resp: EnrollResponse = serde_json::from_slice(&body)
@@ -169,6 +177,14 @@ pub async fn enroll(
         cert_expires_at_ms: None,
         cert_received_at_ms: None,
     };
+    // A certificate left from an earlier key (the key was lost and made
+    // anew) would stop `run` later: it belongs to a device that is gone.
+    let cert_path = data.join(identity::CERT_FILE);
+    if let Ok(old_cert) = std::fs::read_to_string(&cert_path)
+        && identity::client_tls(&ca_pem, Some((&old_cert, &key.serialize_pem()))).is_err()
+    {
+        let _ = std::fs::remove_file(&cert_path);
+    }
     let resp = request_certificate(&url, &ca_pem, &key, trust.secret(), hostname).await?;
     // Remember the server only once it answered: a refused token must not
     // leave a device that later asks again without it (and goes pending).

@@ -392,6 +392,25 @@ impl Agent {
             if delta.set.is_empty() && delta.removed.is_empty() {
                 return None;
             }
+            // A delta larger than a frame or the entry limit: a full report
+            // (which `bounded` keeps within both) is smaller anyway.
+            let entries = delta.set.len() + delta.removed.len();
+            let size = delta
+                .set
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 8)
+                .sum::<usize>()
+                + delta.removed.iter().map(|k| k.len() + 4).sum::<usize>();
+            if entries >= drover_proto::device::MAX_INVENTORY_ENTRIES
+                || size > MAX_FRAME_BYTES - 4 * 1024
+            {
+                return Some(AgentMessage::Inventory {
+                    full: true,
+                    set: current.clone(),
+                    removed: vec![],
+                    hash,
+                });
+            }
             Some(AgentMessage::Inventory {
                 full: false,
                 set: delta.set,

@@ -155,7 +155,11 @@ pub async fn run(devices: Arc<Devices>, mut ws: WebSocket, device_id: String, se
     let refusal = match &loaded {
         Ok(Some(d)) if d.enrollment == Enrollment::Accepted => None,
         Ok(Some(d)) => Some((
-            "device_revoked",
+            if d.enrollment == Enrollment::Rejected {
+                "device_rejected"
+            } else {
+                "device_revoked"
+            },
             format!("device {device_id} is {}", d.enrollment.as_str()),
         )),
         Ok(None) => Some(("unknown_device", format!("device {device_id} is not known"))),
@@ -185,7 +189,20 @@ pub async fn run(devices: Arc<Devices>, mut ws: WebSocket, device_id: String, se
     };
     if send(&mut ws, &welcome).await {
         // 3. Converge: push the desired configuration if the device lacks it.
-        conn.mark_pushed(applied_revision.clone());
+        // The device's word on what it runs counts only if its last report
+        // agrees; otherwise it is sent the desired state again, which it
+        // applies (idempotently) and reports, so its status is never stale.
+        let reported = device
+            .reported
+            .as_ref()
+            .map(|r| (r.revision.as_str(), r.status));
+        if reported
+            == applied_revision
+                .as_deref()
+                .map(|r| (r, crate::store::ApplyStatus::Applied))
+        {
+            conn.mark_pushed(applied_revision.clone());
+        }
         match devices.store.list_groups().await {
             Ok(groups) => {
                 conn.push_desired_if_changed(&effective(&device, &groups, "online"));
