@@ -18,6 +18,8 @@ use tokio_rustls::TlsAcceptor;
 
 /// A handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes processed at once; more connections wait their turn.
+const MAX_CONCURRENT_HANDSHAKES: usize = 128;
 /// How long shutdown waits for open requests before it gives up on them
 /// (they end with the process).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +35,10 @@ pub async fn serve(
     // Every connection task holds a clone of `alive`; when all are gone the
     // receiver yields `None` and draining is over.
     let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+    // Handshakes in flight at once: a reconnect storm then queues in the
+    // kernel's backlog instead of holding thousands of half-built sessions
+    // (and their buffers) in memory at the same time.
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -52,6 +58,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let alive = alive.clone();
         let mut stop = shutdown.clone();
+        let handshakes = handshakes.clone();
         tokio::spawn(async move {
             let _alive = alive;
             // Per-connection facts every request of the connection carries.
@@ -73,9 +80,11 @@ pub async fn serve(
                 .to_owned();
             let result = match acceptor {
                 Some(acceptor) => {
-                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                        .await
-                    {
+                    let permit = handshakes.acquire_owned().await;
+                    let accepted =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    drop(permit);
+                    let tls = match accepted {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
                             metrics::counter!("drover_tls_handshake_failures_total").increment(1);

@@ -61,6 +61,12 @@ async fn fail(ws: &mut WebSocket, code: &'static str, message: String) {
         .await;
 }
 
+/// [`fail`] for the setup phase, which answers `None` when it refuses.
+async fn refuse_setup<T>(ws: &mut WebSocket, code: &'static str, message: String) -> Option<T> {
+    fail(ws, code, message).await;
+    None
+}
+
 fn hash_of(inventory: &Document) -> String {
     crate::auth::sha256_hex(&drover_proto::device::canonical_json(inventory))
 }
@@ -75,12 +81,32 @@ fn valid_entries<'a>(mut keys: impl Iterator<Item = (&'a String, Option<&'a Stri
 }
 
 /// Runs the control channel of `device_id` (taken from its certificate).
+///
+/// The connect and disconnect phases are boxed: an async task keeps the
+/// room of its largest state for its whole life, and only the small steady
+/// state (`serve`) should stay allocated for an idle device.
 pub async fn run(devices: Arc<Devices>, mut ws: WebSocket, device_id: String, serial: String) {
+    let Some((conn, mut outbound)) = Box::pin(setup(&devices, &mut ws, &device_id)).await else {
+        return;
+    };
+    serve(&devices, &mut ws, &conn, &mut outbound, &serial).await;
+    Box::pin(teardown(&devices, &conn)).await;
+}
+
+/// Hello, registration, welcome and the first desired push. `None` when the
+/// connection was refused (and already closed).
+async fn setup(
+    devices: &Arc<Devices>,
+    ws: &mut WebSocket,
+    device_id: &str,
+) -> Option<(Arc<Conn>, tokio::sync::mpsc::Receiver<Outbound>)> {
+    let mut ws = ws;
+    let device_id = device_id.to_string();
     // 1. Hello.
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, ws.recv()).await {
         Ok(Some(Ok(Message::Binary(b)))) => decode_agent(&b),
         Ok(Some(Ok(_))) => {
-            return fail(
+            return refuse_setup(
                 &mut ws,
                 "bad_frame",
                 "the control channel carries binary frames only".into(),
@@ -89,7 +115,7 @@ pub async fn run(devices: Arc<Devices>, mut ws: WebSocket, device_id: String, se
         }
         _ => {
             refuse("no_hello");
-            return;
+            return None;
         }
     };
     let (agent_version, agent_inventory_hash, applied_revision) = match hello {
@@ -101,7 +127,7 @@ pub async fn run(devices: Arc<Devices>, mut ws: WebSocket, device_id: String, se
             applied_revision,
         }) => {
             if protocol_version != PROTOCOL_VERSION {
-                return fail(
+                return refuse_setup(
                     &mut ws,
                     "unsupported_protocol",
                     format!("this server speaks protocol {PROTOCOL_VERSION}, the agent {protocol_version}: update the agent or the server"),
@@ -109,7 +135,7 @@ pub async fn run(devices: Arc<Devices>, mut ws: WebSocket, device_id: String, se
                 .await;
             }
             if claimed != device_id {
-                return fail(
+                return refuse_setup(
                     &mut ws,
                     "identity_mismatch",
                     format!(
@@ -121,17 +147,17 @@ pub async fn run(devices: Arc<Devices>, mut ws: WebSocket, device_id: String, se
             (agent_version, inventory_hash, applied_revision)
         }
         Ok(_) => {
-            return fail(
+            return refuse_setup(
                 &mut ws,
                 "hello_expected",
                 "the first message must be hello".into(),
             )
             .await;
         }
-        Err(e) => return fail(&mut ws, "bad_frame", e.to_string()).await,
+        Err(e) => return refuse_setup(&mut ws, "bad_frame", e.to_string()).await,
     };
     if agent_version.len() > 64 {
-        return fail(
+        return refuse_setup(
             &mut ws,
             "bad_frame",
             "agent_version is longer than 64 characters".into(),
@@ -142,7 +168,7 @@ pub async fn run(devices: Arc<Devices>, mut ws: WebSocket, device_id: String, se
     // 2. Register first, then re-read the device: a revocation that lands
     // in between finds the registered connection and closes it.
     let now = now_ms();
-    let (conn, mut outbound) = devices.registry.register(&device_id, now);
+    let (conn, outbound) = devices.registry.register(&device_id, now);
     let loaded = devices
         .update_device(&device_id, |d| {
             let changed = d.agent_version.as_deref() != Some(agent_version.as_str())
@@ -175,7 +201,7 @@ pub async fn run(devices: Arc<Devices>, mut ws: WebSocket, device_id: String, se
         (None, Ok(Some(d))) => d,
         (Some((code, message)), _) => {
             devices.registry.unregister(&conn);
-            return fail(&mut ws, code, message).await;
+            return refuse_setup(&mut ws, code, message).await;
         }
         _ => unreachable!("no refusal means a loaded, accepted device"),
     };
@@ -210,13 +236,19 @@ pub async fn run(devices: Arc<Devices>, mut ws: WebSocket, device_id: String, se
             Err(e) => tracing::warn!(error = %e, "cannot compute desired state"),
         }
         tracing::debug!(?agent_inventory_hash, server_hash = ?device.inventory_hash, "inventory hashes");
-        serve(&devices, &mut ws, &conn, &mut outbound, &serial).await;
+        return Some((conn, outbound));
     }
     devices.registry.unregister(&conn);
+    None
+}
+
+/// Unregisters and records when the device was last heard from.
+async fn teardown(devices: &Devices, conn: &Conn) {
+    devices.registry.unregister(conn);
     let seen = conn.last_seen.load(Ordering::Relaxed);
     if let Err(e) = devices
         .store
-        .touch_devices(&[(device_id.clone(), seen)])
+        .touch_devices(&[(conn.device_id.clone(), seen)])
         .await
     {
         tracing::warn!(error = %e, "cannot record last_seen");
@@ -287,7 +319,8 @@ async fn serve(
             Ok(m) => m,
             Err(e) => return fail(ws, "bad_frame", e.to_string()).await,
         };
-        let reply = match handle(devices, conn, msg, serial).await {
+        // Boxed: handling is rare next to waiting, and its state is large.
+        let reply = match Box::pin(handle(devices, conn, msg, serial)).await {
             Ok(reply) => reply,
             Err((code, message)) => return fail(ws, code, message).await,
         };
