@@ -254,7 +254,7 @@ async fn flush_presence(devices: Arc<Devices>, mut stop: watch::Receiver<bool>) 
             _ = tick.tick() => {
                 devices.flush_presence().await;
                 ticks += 1;
-                if ticks % 3 == 0 {
+                if ticks.is_multiple_of(3) {
                     release_free_memory();
                 }
             }

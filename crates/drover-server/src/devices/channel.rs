@@ -100,14 +100,13 @@ async fn setup(
     ws: &mut WebSocket,
     device_id: &str,
 ) -> Option<(Arc<Conn>, tokio::sync::mpsc::Receiver<Outbound>)> {
-    let mut ws = ws;
     let device_id = device_id.to_string();
     // 1. Hello.
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, ws.recv()).await {
         Ok(Some(Ok(Message::Binary(b)))) => decode_agent(&b),
         Ok(Some(Ok(_))) => {
             return refuse_setup(
-                &mut ws,
+                ws,
                 "bad_frame",
                 "the control channel carries binary frames only".into(),
             )
@@ -128,7 +127,7 @@ async fn setup(
         }) => {
             if protocol_version != PROTOCOL_VERSION {
                 return refuse_setup(
-                    &mut ws,
+                    ws,
                     "unsupported_protocol",
                     format!("this server speaks protocol {PROTOCOL_VERSION}, the agent {protocol_version}: update the agent or the server"),
                 )
@@ -136,7 +135,7 @@ async fn setup(
             }
             if claimed != device_id {
                 return refuse_setup(
-                    &mut ws,
+                    ws,
                     "identity_mismatch",
                     format!(
                         "the certificate belongs to device {device_id}, the hello claims {claimed}"
@@ -148,17 +147,17 @@ async fn setup(
         }
         Ok(_) => {
             return refuse_setup(
-                &mut ws,
+                ws,
                 "hello_expected",
                 "the first message must be hello".into(),
             )
             .await;
         }
-        Err(e) => return refuse_setup(&mut ws, "bad_frame", e.to_string()).await,
+        Err(e) => return refuse_setup(ws, "bad_frame", e.to_string()).await,
     };
     if agent_version.len() > 64 {
         return refuse_setup(
-            &mut ws,
+            ws,
             "bad_frame",
             "agent_version is longer than 64 characters".into(),
         )
@@ -201,7 +200,7 @@ async fn setup(
         (None, Ok(Some(d))) => d,
         (Some((code, message)), _) => {
             devices.registry.unregister(&conn);
-            return refuse_setup(&mut ws, code, message).await;
+            return refuse_setup(ws, code, message).await;
         }
         _ => unreachable!("no refusal means a loaded, accepted device"),
     };
@@ -213,7 +212,7 @@ async fn setup(
         inventory_hash: device.inventory_hash.clone(),
         server_time_ms: now,
     };
-    if send(&mut ws, &welcome).await {
+    if send(ws, &welcome).await {
         // 3. Converge: push the desired configuration if the device lacks it.
         // The device's word on what it runs counts only if its last report
         // agrees; otherwise it is sent the desired state again, which it
