@@ -85,6 +85,12 @@ impl RunningServer {
         let _ = self.task.await;
         // Control channels outlive their HTTP connection (upgraded), so
         // close them explicitly; agents reconnect with jitter.
+        // Presence of every connected device in one batch first; the
+        // closing connections then skip their own (one-by-one) writes.
+        self.devices
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.devices.flush_presence().await;
         self.devices
             .registry
             .close_all("server_shutdown", "the server is shutting down");
@@ -94,7 +100,6 @@ impl RunningServer {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        self.devices.flush_presence().await;
         self.store.close().await;
         tracing::info!("server stopped");
     }

@@ -243,15 +243,19 @@ async fn setup(
 
 /// Unregisters and records when the device was last heard from.
 async fn teardown(devices: &Devices, conn: &Conn) {
-    devices.registry.unregister(conn);
-    let seen = conn.last_seen.load(Ordering::Relaxed);
-    if let Err(e) = devices
-        .store
-        .touch_devices(&[(conn.device_id.clone(), seen)])
-        .await
-    {
-        tracing::warn!(error = %e, "cannot record last_seen");
+    // Written before unregistering, so that an empty registry means every
+    // last_seen is stored (shutdown relies on it).
+    if !devices.shutting_down.load(Ordering::SeqCst) {
+        let seen = conn.last_seen.load(Ordering::Relaxed);
+        if let Err(e) = devices
+            .store
+            .touch_devices(&[(conn.device_id.clone(), seen)])
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record last_seen");
+        }
     }
+    devices.registry.unregister(conn);
     tracing::info!("device disconnected");
 }
 

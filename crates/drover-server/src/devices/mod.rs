@@ -59,6 +59,8 @@ pub struct Devices {
     pub registry: Registry,
     pub settings: DeviceSettings,
     pub limiter: registry::RateLimiter,
+    /// Set while the server stops: presence was flushed in one batch.
+    pub shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// A device's effective desired configuration and where it came from.
@@ -129,6 +131,7 @@ impl Devices {
             ca,
             registry: Registry::default(),
             settings,
+            shutting_down: Default::default(),
         }
     }
 
