@@ -18,7 +18,12 @@ use crate::error::{ApiError, ApiResult};
 use crate::pki::device_id_for_spki;
 use crate::store::{ApplyStatus, Change, DeviceRecord, Enrollment, GroupRecord, PreauthRecord};
 
-fn summary(d: &DeviceRecord, connection: &str, eff: &Effective) -> DeviceSummary {
+fn summary(
+    d: &DeviceRecord,
+    connection: &str,
+    eff: &Effective,
+    last_seen: Option<i64>,
+) -> DeviceSummary {
     DeviceSummary {
         id: d.id.clone(),
         hostname: d.hostname.clone(),
@@ -26,7 +31,7 @@ fn summary(d: &DeviceRecord, connection: &str, eff: &Effective) -> DeviceSummary
         connection: connection.into(),
         tags: d.tags.clone(),
         agent_version: d.agent_version.clone(),
-        last_seen: d.last_seen.map(rfc3339),
+        last_seen: last_seen.map(rfc3339),
         in_sync: d
             .reported
             .as_ref()
@@ -77,7 +82,7 @@ pub async fn list(
         .filter(|q| !q.trim().is_empty())
         .map(validate::query)
         .transpose()?;
-    let groups = state.store.list_groups().await?;
+    let groups = state.devices.groups().await?.as_ref().clone();
     let devices = state.store.list_devices().await?;
     let mut out = Vec::new();
     for d in &devices {
@@ -88,7 +93,7 @@ pub async fn list(
         {
             continue;
         }
-        out.push(summary(d, conn, &eff));
+        out.push(summary(d, conn, &eff, state.devices.last_seen(d)));
     }
     Ok(axum::Json(DeviceList { devices: out }))
 }
@@ -98,14 +103,14 @@ async fn load(state: &AppState, id: &str) -> ApiResult<(DeviceRecord, Vec<GroupR
     let device = state.store.get_device(id).await?.ok_or_else(|| {
         ApiError::not_found(format!("no device {id}; `drover devices list` shows them"))
     })?;
-    Ok((device, state.store.list_groups().await?))
+    Ok((device, state.devices.groups().await?.as_ref().clone()))
 }
 
 fn detail(state: &AppState, d: &DeviceRecord, groups: &[GroupRecord]) -> DeviceDetail {
     let conn = state.devices.connection(&d.id);
     let eff = effective(d, groups, conn);
     DeviceDetail {
-        summary: summary(d, conn, &eff),
+        summary: summary(d, conn, &eff, state.devices.last_seen(d)),
         inventory: d.inventory.clone(),
         device_desired: d.desired.clone(),
         drift: drift(&eff.config, d.reported.as_ref().map(|r| &r.config)),
@@ -192,7 +197,7 @@ async fn respond(
     if let Err(e) = state.devices.reconcile(Some(&d.id)).await {
         tracing::warn!(error = %e, "could not push desired state");
     }
-    let groups = state.store.list_groups().await?;
+    let groups = state.devices.groups().await?.as_ref().clone();
     Ok((Extension(Audited), axum::Json(detail(state, &d, &groups))))
 }
 

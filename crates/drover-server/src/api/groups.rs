@@ -33,6 +33,7 @@ fn info(state: &AppState, g: &GroupRecord, devices: &[DeviceRecord]) -> GroupInf
 }
 
 async fn reconcile_all(state: &AppState) {
+    state.devices.groups_changed();
     if let Err(e) = state.devices.reconcile(None).await {
         tracing::warn!(error = %e, "could not push desired state");
     }
@@ -124,7 +125,7 @@ pub async fn list(
     caller: Caller,
 ) -> ApiResult<axum::Json<GroupList>> {
     caller.require(Role::Viewer)?;
-    let groups = state.store.list_groups().await?;
+    let groups = state.devices.groups().await?.as_ref().clone();
     let devices = state.store.list_devices().await?;
     Ok(axum::Json(GroupList {
         groups: groups.iter().map(|g| info(&state, g, &devices)).collect(),

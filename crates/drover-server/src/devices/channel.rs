@@ -168,15 +168,21 @@ async fn setup(
     // in between finds the registered connection and closes it.
     let now = now_ms();
     let (conn, outbound) = devices.registry.register(&device_id, now);
-    let loaded = devices
-        .update_device(&device_id, |d| {
-            let changed = d.agent_version.as_deref() != Some(agent_version.as_str())
-                || d.last_seen.is_none_or(|t| t < now);
-            d.agent_version = Some(agent_version.clone());
-            d.last_seen = Some(d.last_seen.map_or(now, |t| t.max(now)));
-            changed
-        })
-        .await;
+    // A read, and a write only when the agent version changed: a reconnect
+    // storm must not queue one write per device (last_seen is flushed in
+    // batches from the registry).
+    let loaded = match devices.store.get_device(&device_id).await {
+        Ok(Some(d)) if d.agent_version.as_deref() != Some(agent_version.as_str()) => {
+            devices
+                .update_device(&device_id, |d| {
+                    let changed = d.agent_version.as_deref() != Some(agent_version.as_str());
+                    d.agent_version = Some(agent_version.clone());
+                    changed
+                })
+                .await
+        }
+        other => other,
+    };
     let refusal = match &loaded {
         Ok(Some(d)) if d.enrollment == Enrollment::Accepted => None,
         Ok(Some(d)) => Some((
@@ -228,7 +234,7 @@ async fn setup(
         {
             conn.mark_pushed(applied_revision.clone());
         }
-        match devices.store.list_groups().await {
+        match devices.groups().await {
             Ok(groups) => {
                 conn.push_desired_if_changed(&effective(&device, &groups, "online"));
             }

@@ -61,6 +61,11 @@ pub struct Devices {
     pub limiter: registry::RateLimiter,
     /// Set while the server stops: presence was flushed in one batch.
     pub shutting_down: std::sync::atomic::AtomicBool,
+    /// The groups, read once and kept until a group changes: every connect
+    /// and push needs them, and a reconnect storm must not turn into one
+    /// database read per device. (With replicas this becomes a cache
+    /// invalidated over NATS.)
+    groups: std::sync::RwLock<Option<Arc<Vec<GroupRecord>>>>,
 }
 
 /// A device's effective desired configuration and where it came from.
@@ -132,6 +137,16 @@ impl Devices {
             registry: Registry::default(),
             settings,
             shutting_down: Default::default(),
+            groups: Default::default(),
+        }
+    }
+
+    /// When the device was last heard from: live for a connected device,
+    /// else as stored.
+    pub fn last_seen(&self, device: &DeviceRecord) -> Option<i64> {
+        match self.registry.get(&device.id) {
+            Some(c) => Some(c.last_seen.load(std::sync::atomic::Ordering::Relaxed)),
+            None => device.last_seen,
         }
     }
 
@@ -174,10 +189,30 @@ impl Devices {
         )))
     }
 
+    /// The groups, from the cache or the database.
+    pub async fn groups(&self) -> StoreResult<Arc<Vec<GroupRecord>>> {
+        if let Some(g) = self
+            .groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(g);
+        }
+        let loaded = Arc::new(self.store.list_groups().await?);
+        *self.groups.write().unwrap_or_else(|p| p.into_inner()) = Some(loaded.clone());
+        Ok(loaded)
+    }
+
+    /// Forgets the cached groups; call after any change to a group.
+    pub fn groups_changed(&self) {
+        *self.groups.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// Sends each connected device (or just `only`) its desired
     /// configuration if it changed since the last push.
     pub async fn reconcile(&self, only: Option<&str>) -> StoreResult<usize> {
-        let groups = self.store.list_groups().await?;
+        let groups = self.groups().await?;
         let ids: Vec<String> = match only {
             Some(id) => vec![id.to_string()],
             None => self.registry.online_ids(),
