@@ -30,6 +30,7 @@ SIMS="${2:-3}"
 SETTLE="${SETTLE:-20}"          # seconds to wait after all are connected
 BACKOFF="${BACKOFF:-60}"        # sim --reconnect-max-secs (the agent's default is 60)
 SIM_TIMEOUT="${SIM_TIMEOUT:-300}" # seconds for one sim's devices to enroll and connect
+# STAGGER=0: start all sims at once instead (reproduces the connect herd).
 PORT="${PORT:-18443}"
 MQTT_PORT="${MQTT_PORT:-18883}"
 WORK="${WORK:-/tmp/drover-bench-idle}"
@@ -72,6 +73,8 @@ for s in $(seq 1 "$SIMS"); do
       sim --devices "$n" --duration-secs 1500 --concurrency 64 --reconnect-max-secs "$BACKOFF" ) \
     >"$WORK/sim$s.json" 2>"$WORK/sim$s.err" &
   SIM_PIDS+=($!); track $!
+  # STAGGER=0 starts every sim at once (one herd of N fresh devices).
+  [ "${STAGGER:-1}" = 0 ] && [ "$s" -lt "$SIMS" ] && continue
   if ! c=$(wait_connected "$DATA" "$PORT" "$total" "$SIM_TIMEOUT"); then
     log "only $c of $total devices connected within $SIM_TIMEOUT s of starting sim $s"
   else

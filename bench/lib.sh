@@ -24,7 +24,9 @@ machine_info() {
   echo "memory:  $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
   echo "kernel:  $(uname -srm)"
   echo "ulimit:  $(ulimit -n) open files (hard $(ulimit -Hn))"
-  echo "commit:  $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO_DIR" diff --quiet 2>/dev/null || echo ' (work tree has changes)')"
+  echo "HEAD:    $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO_DIR" diff --quiet 2>/dev/null || echo ' (work tree has changes)')"
+  # The binaries are used as found: they may be older than HEAD.
+  [ -x "$DROVER" ] && echo "drover:  $DROVER, built $(date -u -r "$DROVER" +%FT%TZ) (rebuild: rm it, or cargo build --release -p drover-cli -p drover-agent)"
 }
 
 build_drover() {

@@ -79,7 +79,7 @@ while :; do
     g=$(awk '$1 == "drover_devices_connected" {print $2; f=1} END {if (!f) print 0}' <<<"$body")
     k=$(awk '$1 == "drover_device_connects_total" {print $2; f=1} END {if (!f) print 0}' <<<"$body")
     printf '%.2f\t%s\t%s\n' "$t" "${g%.*}" "${k%.*}" >>"$SAMPLES"
-    [ "${g%.*}" -ge "$N" ] && break
+    [ "${g%.*}" -ge "$N" ] && [ "${k%.*}" -ge "$N" ] && break
   fi
   if [ "$(echo "$t > 300" | bc)" = 1 ]; then log "not all back within 300 s"; break; fi
 done
