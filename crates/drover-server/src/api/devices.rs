@@ -211,23 +211,7 @@ pub async fn accept(
     ctx: AuditCtx,
     Path(id): Path<String>,
 ) -> ApiResult<(Extension<Audited>, axum::Json<DeviceDetail>)> {
-    ctx.caller.require(Role::Operator)?;
-    let d = mutate(&state, &ctx, &id, serde_json::json!({}), |d| {
-        match d.enrollment {
-            Enrollment::Pending => {
-                d.enrollment = Enrollment::Accepted;
-                d.enrolled_via = Some("operator".into());
-                Ok(())
-            }
-            other => Err(ApiError::conflict(format!(
-                "device {} is {}, not pending",
-                d.id,
-                other.as_str()
-            ))),
-        }
-    })
-    .await?;
-    respond(&state, d).await
+    decide_pending(&state, &ctx, &id, Enrollment::Accepted).await
 }
 
 /// Reject a pending device: it can never enroll with this key.
@@ -240,22 +224,40 @@ pub async fn reject(
     ctx: AuditCtx,
     Path(id): Path<String>,
 ) -> ApiResult<(Extension<Audited>, axum::Json<DeviceDetail>)> {
+    decide_pending(&state, &ctx, &id, Enrollment::Rejected).await
+}
+
+/// Accepts or rejects a pending device (an operator's decision).
+async fn decide_pending(
+    state: &AppState,
+    ctx: &AuditCtx,
+    id: &str,
+    to: Enrollment,
+) -> ApiResult<(Extension<Audited>, axum::Json<DeviceDetail>)> {
     ctx.caller.require(Role::Operator)?;
-    let d = mutate(&state, &ctx, &id, serde_json::json!({}), |d| {
+    let d = mutate(state, ctx, id, serde_json::json!({}), |d| {
         match d.enrollment {
             Enrollment::Pending => {
-                d.enrollment = Enrollment::Rejected;
+                d.enrollment = to;
+                if to == Enrollment::Accepted {
+                    d.enrolled_via = Some("operator".into());
+                }
                 Ok(())
             }
             other => Err(ApiError::conflict(format!(
-                "device {} is {}, not pending; revoke an accepted device instead",
+                "device {} is {}, not pending{}",
                 d.id,
-                other.as_str()
+                other.as_str(),
+                if to == Enrollment::Rejected {
+                    "; revoke an accepted device instead"
+                } else {
+                    ""
+                }
             ))),
         }
     })
     .await?;
-    respond(&state, d).await
+    respond(state, d).await
 }
 
 /// Revoke a device: its live connection closes within seconds and it can
