@@ -445,7 +445,9 @@ impl Agent {
         in_flight: &mut Option<(String, Document)>,
     ) -> Result<Option<AgentMessage>, SessionEnd> {
         match msg {
-            ServerMessage::Desired { revision, config } => {
+            ServerMessage::Desired {
+                revision, config, ..
+            } => {
                 tracing::info!(%revision, keys = config.len(), "applying desired configuration");
                 let result = self
                     .applier
@@ -534,6 +536,8 @@ impl Agent {
                 tracing::info!("certificate renewed");
                 Ok(None)
             }
+            // Wired to the update engine next.
+            ServerMessage::UpdateAck { .. } => Ok(None),
             ServerMessage::Error {
                 code,
                 message,
@@ -691,6 +695,7 @@ mod tests {
                 ServerMessage::Desired {
                     revision: "r1".into(),
                     config: good.clone(),
+                    update: None,
                 },
                 &mut none,
             )
@@ -704,6 +709,7 @@ mod tests {
                 ServerMessage::Desired {
                     revision: "r2".into(),
                     config: bad,
+                    update: None,
                 },
                 &mut none,
             )

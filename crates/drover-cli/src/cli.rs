@@ -68,6 +68,9 @@ pub enum Command {
     /// Device groups (static lists or queries) and their configuration.
     #[command(subcommand)]
     Groups(GroupsCommand),
+    /// Release keys, signed release bundles and publishing them.
+    #[command(subcommand)]
+    Release(crate::cmd::release::ReleaseCommand),
     /// Run many simulated devices in this process, over the real protocol.
     Sim(SimArgs),
     /// Start a server on the embedded default with a simulated fleet to explore.

@@ -150,6 +150,111 @@ pub enum AgentMessage {
     RenewCertificate {
         csr_pem: String,
     },
+    /// Progress or outcome of a deployment on this device. Sent at every
+    /// state change and again after each reconnect until the server acks a
+    /// final state ([`UpdateState::is_final`]) with [`ServerMessage::UpdateAck`].
+    UpdateStatus(UpdateStatus),
+}
+
+/// Where a device is in installing a release (docs/updates.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    /// The server set the target; the device has not reported yet.
+    Pending,
+    Downloading,
+    Verifying,
+    Installing,
+    Activating,
+    HealthCheck,
+    Committed,
+    RollingBack,
+    RolledBack,
+    /// Refused or failed before anything changed (bad signature, wrong
+    /// device type, download failed…) or a rollback that could not finish.
+    Failed,
+}
+
+impl UpdateState {
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            UpdateState::Committed | UpdateState::RolledBack | UpdateState::Failed
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateState::Pending => "pending",
+            UpdateState::Downloading => "downloading",
+            UpdateState::Verifying => "verifying",
+            UpdateState::Installing => "installing",
+            UpdateState::Activating => "activating",
+            UpdateState::HealthCheck => "health_check",
+            UpdateState::Committed => "committed",
+            UpdateState::RollingBack => "rolling_back",
+            UpdateState::RolledBack => "rolled_back",
+            UpdateState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<UpdateState> {
+        ALL_UPDATE_STATES
+            .iter()
+            .copied()
+            .find(|st| st.as_str() == s)
+    }
+}
+
+pub const ALL_UPDATE_STATES: [UpdateState; 10] = [
+    UpdateState::Pending,
+    UpdateState::Downloading,
+    UpdateState::Verifying,
+    UpdateState::Installing,
+    UpdateState::Activating,
+    UpdateState::HealthCheck,
+    UpdateState::Committed,
+    UpdateState::RollingBack,
+    UpdateState::RolledBack,
+    UpdateState::Failed,
+];
+
+/// Body of [`AgentMessage::UpdateStatus`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateStatus {
+    pub deployment_id: String,
+    /// `name@version` of the release.
+    pub release: String,
+    pub state: UpdateState,
+    /// Percent done within the state (downloading).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<u8>,
+    /// Stable reason code for failures and rollbacks (docs/updates.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable detail, at most 1 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The release a device should run, part of the desired state. The
+/// manifest and key list are carried as the signed JSON texts; the device
+/// verifies them against its own root keys (docs/updates.md), never trusting
+/// the server for that.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTarget {
+    pub deployment_id: String,
+    /// The signed manifest envelope (JSON text).
+    pub manifest: String,
+    /// The signed release key list (JSON text), if the release is signed by
+    /// a release key rather than a root key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_list: Option<String>,
+    #[serde(default)]
+    pub allow_downgrade: bool,
 }
 
 /// Server → device.
@@ -166,7 +271,18 @@ pub enum ServerMessage {
     /// Inventory stored; `hash` is now the acknowledged one.
     InventoryAck { hash: String },
     /// The configuration the device should converge to.
-    Desired { revision: String, config: Document },
+    Desired {
+        revision: String,
+        config: Document,
+        /// The release to run, when a deployment targets the device.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        update: Option<UpdateTarget>,
+    },
+    /// A final [`UpdateStatus`] is stored; stop resending it.
+    UpdateAck {
+        deployment_id: String,
+        state: UpdateState,
+    },
     /// Reported state stored.
     ReportedAck { revision: String },
     Certificate {
@@ -218,6 +334,16 @@ pub fn decode_agent(frame: &[u8]) -> Result<AgentMessage, DecodeError> {
             Err(DecodeError::Malformed(format!(
                 "more than {MAX_INVENTORY_ENTRIES} inventory entries"
             )))
+        }
+        AgentMessage::UpdateStatus(u)
+            if u.message.as_ref().is_some_and(|m| m.len() > 1024)
+                || u.deployment_id.len() > 64
+                || u.release.len() > 200
+                || u.reason.as_ref().is_some_and(|r| r.len() > 64) =>
+        {
+            Err(DecodeError::Malformed(
+                "update status fields too long (message 1 KiB, reason 64 B)".into(),
+            ))
         }
         _ => Ok(msg),
     }

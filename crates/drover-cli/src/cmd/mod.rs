@@ -4,6 +4,7 @@ mod audit;
 mod demo;
 mod devices;
 mod login;
+pub mod release;
 mod server;
 mod sim;
 mod tokens;
@@ -25,6 +26,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::EnrollTokens(cmd) => devices::enroll_tokens(&connect(g)?, cmd, g.json).await,
         Command::Devices(cmd) => devices::devices(&connect(g)?, cmd, g.json).await,
         Command::Groups(cmd) => devices::groups(&connect(g)?, cmd, g.json).await,
+        Command::Release(cmd) => release::run(cmd, g).await,
         Command::Sim(args) => sim::run(args, g).await,
         Command::Demo(args) => demo::run(args, g.json).await,
     }

@@ -359,6 +359,7 @@ async fn handle(
     };
     match msg {
         AgentMessage::Heartbeat {} => Ok(None),
+        AgentMessage::UpdateStatus(_status) => Ok(None),
         AgentMessage::Hello { .. } => Err(("hello_repeated", "hello may only be sent once".into())),
         AgentMessage::Inventory {
             full,

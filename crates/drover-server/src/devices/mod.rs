@@ -75,6 +75,8 @@ pub struct Effective {
     pub config: Document,
     /// Groups the device is a member of, by name.
     pub groups: Vec<String>,
+    /// The release the device should run (its deployment's target).
+    pub update: Option<drover_proto::device::UpdateTarget>,
 }
 
 /// Revision of a configuration: short hex SHA-256 of its canonical JSON, so
@@ -125,6 +127,7 @@ pub fn effective(device: &DeviceRecord, groups: &[GroupRecord], connection: &str
         revision: revision_of(&config),
         config,
         groups: names,
+        update: None,
     }
 }
 

@@ -79,6 +79,7 @@ impl Conn {
         let msg = ServerMessage::Desired {
             revision: eff.revision.clone(),
             config: eff.config.clone(),
+            update: eff.update.clone(),
         };
         if drover_proto::device::encode(&msg).len() > drover_proto::device::MAX_FRAME_BYTES {
             metrics::counter!("drover_desired_too_large_total").increment(1);

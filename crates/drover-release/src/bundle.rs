@@ -1,0 +1,1 @@
+//! Release bundle files (filled in next).

@@ -1,0 +1,1 @@
+//! zstd patch-from deltas for `app` payloads (filled in next).
