@@ -28,6 +28,7 @@ pub struct AgentConfig {
     /// Renew the certificate when less than this fraction of its life is left.
     pub renew_at_fraction_left: f64,
     pub inventory: InventoryConfig,
+    pub update: crate::update::config::UpdateConfig,
 }
 
 impl Default for AgentConfig {
@@ -41,6 +42,7 @@ impl Default for AgentConfig {
             reconnect_max_secs: 60,
             renew_at_fraction_left: 1.0 / 3.0,
             inventory: InventoryConfig::default(),
+            update: crate::update::config::UpdateConfig::default(),
         }
     }
 }

@@ -77,6 +77,11 @@ pub struct EnrollmentToken {
     pub ca: String,
     /// The secret presented at enrollment (`det_<id>_<secret>`).
     pub secret: String,
+    /// Release root public keys (`ed25519:…`) the device will trust for
+    /// updates. Added by the operator's CLI (`drover enroll-tokens create
+    /// --release-root`), never by the server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub release_roots: Vec<String>,
 }
 
 const TOKEN_PREFIX: &str = "drover-enroll-v1.";
@@ -385,6 +390,7 @@ mod tests {
             url: "https://fleet.example:8443".into(),
             ca: "ab".repeat(32),
             secret: "det_x_y".into(),
+            release_roots: vec![],
         };
         let text = t.encode();
         assert!(text.starts_with("drover-enroll-v1."));

@@ -102,6 +102,7 @@ pub async fn create(
         url: state.public_url.clone(),
         ca: state.devices.ca.fingerprint(),
         secret: minted.bearer,
+        release_roots: Vec::new(),
     };
     Ok((
         StatusCode::CREATED,
