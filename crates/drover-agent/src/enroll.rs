@@ -186,6 +186,13 @@ pub async fn enroll(
         let _ = std::fs::remove_file(&cert_path);
     }
     let resp = request_certificate(&url, &ca_pem, &key, trust.secret(), hostname).await?;
+    // Release root keys come from the operator's token, never from the
+    // server: keep them for the update engine.
+    if let Trust::Token(t) = trust
+        && !t.release_roots.is_empty()
+    {
+        crate::update::engine::save_roots(data, &t.release_roots).map_err(EnrollError::Failed)?;
+    }
     // Remember the server only once it answered: a refused token must not
     // leave a device that later asks again without it (and goes pending).
     if resp.status == EnrollStatus::Pending {

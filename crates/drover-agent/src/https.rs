@@ -1,6 +1,8 @@
 //! A minimal HTTPS client for the agent's few plain requests (enrollment,
-//! fetching the CA): hyper's HTTP/1.1 connection over tokio-rustls, with
-//! timeouts and a cap on answer size. (reqwest would double the agent.)
+//! fetching the CA) and for streaming artifact downloads: hyper's HTTP/1.1
+//! connection over tokio-rustls, with timeouts and a cap on answer size
+//! (except for streamed bodies, which the caller bounds). (reqwest would
+//! double the agent.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,6 +109,95 @@ pub async fn request(
     .map_err(|e| format!("cannot read the answer: {e}"))?
     .to_bytes();
     Ok((status, bytes))
+}
+
+/// An answer whose body is read by the caller, chunk by chunk.
+pub struct StreamingResponse {
+    pub status: hyper::StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: hyper::body::Incoming,
+}
+
+/// Sends `GET path` with extra `headers` on an open connection `io` and
+/// returns the answer's head; the body is streamed by the caller (see
+/// [`next_chunk`]). Works over TLS and plain TCP alike.
+pub async fn get_streaming<S>(
+    io: S,
+    host_header: &str,
+    path: &str,
+    headers: &[(&str, String)],
+) -> Result<StreamingResponse, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = hyper::Request::builder()
+        .method(hyper::Method::GET)
+        .uri(path)
+        .header(hyper::header::HOST, host_header)
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("drover-agent/", env!("CARGO_PKG_VERSION")),
+        );
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let req = req
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(TIMEOUT, sender.send_request(req))
+        .await
+        .map_err(|_| "the server did not answer in time".to_string())?
+        .map_err(|e| format!("request failed: {e}"))?;
+    let (parts, body) = resp.into_parts();
+    Ok(StreamingResponse {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// `GET path` from the server of `url` over TLS (mTLS when `tls` carries
+/// a client certificate); the body is streamed by the caller.
+pub async fn get_streaming_tls(
+    url: &str,
+    tls: Arc<rustls::ClientConfig>,
+    bind: Option<std::net::IpAddr>,
+    path: &str,
+    headers: &[(&str, String)],
+) -> Result<StreamingResponse, String> {
+    let (host, port) = host_port(url)?;
+    let stream = connect_tls(url, tls, bind).await?;
+    get_streaming(stream, &format!("{host}:{port}"), path, headers).await
+}
+
+/// The next data chunk of a streamed body; `None` at its end. Fails when
+/// nothing arrives for `idle` (a stalled connection).
+pub async fn next_chunk(
+    body: &mut hyper::body::Incoming,
+    idle: Duration,
+) -> Result<Option<Bytes>, String> {
+    loop {
+        let frame = tokio::time::timeout(idle, body.frame())
+            .await
+            .map_err(|_| format!("no data from the server for {idle:?}"))?;
+        match frame {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(format!("the download broke off: {e}")),
+            Some(Ok(f)) => {
+                if let Ok(data) = f.into_data()
+                    && !data.is_empty()
+                {
+                    return Ok(Some(data));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 //! - [`apply`]: writes the desired configuration and runs the apply hook.
 //! - [`inventory`]: what the device reports about itself.
 //! - [`config`]: the configuration file, `/etc/drover/agent.toml`.
+//! - [`update`]: the update engine (journaled state machine, resumable
+//!   verified downloads, health checks, rollback) and the installers.
 //!
 //! This crate must never link server-side dependencies (the test script
 //! checks with `cargo tree`), and never sends anything identifying another

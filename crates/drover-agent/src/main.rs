@@ -1,10 +1,13 @@
 //! `drover-agent`: enroll this device, then keep its control channel up.
 //!
 //! Exit codes: 0 done (or pending acceptance after `enroll`), 1 failure,
-//! 2 bad command line or configuration, 3 the server refused the device.
+//! 2 bad command line or configuration, 3 the server refused the device,
+//! 4 the update engine asks for the agent to be restarted (self-update:
+//! the supervisor starts the new binary; the state is journaled).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -15,6 +18,8 @@ use drover_agent::enroll::{EnrollError, Trust, enroll};
 use drover_agent::identity::{self, Identity};
 use drover_agent::session::{Agent, InventorySource, Stop};
 use drover_agent::state::AgentState;
+use drover_agent::update::download::MtlsSource;
+use drover_agent::update::engine::{EngineParts, UpdateHandle};
 use drover_proto::device::{EnrollStatus, EnrollmentToken};
 
 #[derive(Parser)]
@@ -159,6 +164,8 @@ async fn enroll_cmd(config: &AgentConfig, trust: &Trust, wait: bool) -> ExitCode
 async fn run(config: AgentConfig) -> ExitCode {
     let data = config.data_dir.clone();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let signal_stop = stop_tx.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -166,7 +173,7 @@ async fn run(config: AgentConfig) -> ExitCode {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        let _ = stop_tx.send(true);
+        let _ = signal_stop.send(true);
     });
     let mut backoff = Backoff::new(
         Duration::from_millis(config.reconnect_min_ms.max(10)),
@@ -215,6 +222,34 @@ async fn run(config: AgentConfig) -> ExitCode {
         Err(e) => return fail(2, e),
     };
     tracing::info!(device_id = %identity.device_id, server = %identity.server.url, "agent starting");
+    let update = match UpdateHandle::spawn(
+        EngineParts {
+            data_dir: data.clone(),
+            config: config.update.clone(),
+            installers: drover_agent::update::installers(&config.update, &data),
+            source: Arc::new(MtlsSource::from_data_dir(
+                identity.server.url.clone(),
+                data.clone(),
+            )),
+            connected: tokio::sync::watch::channel(false).1,
+            proc_dir: PathBuf::from("/proc"),
+        },
+        config.update.reboot_command.clone(),
+    ) {
+        Ok(u) => u,
+        Err(e) => return fail(2, format!("updates: {e}")),
+    };
+    // A self-update needs this process replaced: stop cleanly, exit 4.
+    let mut restart = update.restart_requested();
+    let restart_stop = stop_tx.clone();
+    let restarting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let restarting_flag = restarting.clone();
+    tokio::spawn(async move {
+        if restart.wait_for(|r| *r).await.is_ok() {
+            restarting_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = restart_stop.send(true);
+        }
+    });
     let mut agent = Agent {
         identity,
         applier: Applier::Files {
@@ -230,8 +265,13 @@ async fn run(config: AgentConfig) -> ExitCode {
         backoff,
         renew_at_fraction_left: config.renew_at_fraction_left,
         stats: Default::default(),
+        update: Some(update),
     };
     match agent.run(stop).await {
+        Stop::Requested if restarting.load(std::sync::atomic::Ordering::SeqCst) => {
+            tracing::info!("restarting for an agent update");
+            ExitCode::from(4)
+        }
         Stop::Requested => ExitCode::SUCCESS,
         Stop::Refused { code, message } => fail(
             3,

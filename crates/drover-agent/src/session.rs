@@ -7,6 +7,13 @@
 //! When the channel drops it waits a full-jitter backoff and reconnects. It
 //! stops only when told to, or when the server says this device may not
 //! connect at all (revoked, rejected).
+//!
+//! Updates: the release target in each desired state goes to the update
+//! engine ([`crate::update::engine::UpdateHandle`]), which runs in its own
+//! task; the channel forwards its statuses (each new one, and the latest
+//! again after every reconnect until the server acks a final one), its
+//! `update.*` inventory keys and the connection state. Without an engine
+//! (simulated devices) targets are answered `failed` / `updates_disabled`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use drover_proto::device::{
     AgentMessage, ApplyStatus, Document, MAX_FRAME_BYTES, PROTOCOL_VERSION, ServerMessage,
-    decode_server, encode,
+    UpdateState, UpdateStatus, UpdateTarget, decode_server, encode,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
@@ -27,6 +34,7 @@ use crate::backoff::Backoff;
 use crate::enroll::now_ms;
 use crate::identity::{self, Identity};
 use crate::state::AgentState;
+use crate::update::engine::{Published, UpdateHandle};
 
 /// Where the inventory comes from.
 #[derive(Clone)]
@@ -58,10 +66,6 @@ pub fn bounded(mut doc: Document) -> Document {
 }
 
 impl InventorySource {
-    async fn collect(&self) -> Document {
-        bounded(self.collect_raw().await)
-    }
-
     async fn collect_raw(&self) -> Document {
         match self {
             InventorySource::Fixed(d) => d.clone(),
@@ -123,6 +127,8 @@ pub struct Agent {
     pub renew_at_fraction_left: f64,
     /// Counts of what happened, for the simulator and tests.
     pub stats: Arc<Stats>,
+    /// The update engine; `None` refuses updates (`updates_disabled`).
+    pub update: Option<UpdateHandle>,
 }
 
 #[derive(Debug, Default)]
@@ -140,6 +146,32 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 fn inventory_hash(doc: &Document) -> String {
     identity::sha256_hex(&drover_proto::device::canonical_json(doc))
+}
+
+/// The answer to a target when this agent runs no update engine.
+fn updates_disabled(t: &UpdateTarget) -> AgentMessage {
+    let release = drover_release::SignedManifest::from_json(&t.manifest)
+        .and_then(|s| s.parse_unverified())
+        .map(|m| format!("{}@{}", m.name, m.version))
+        .unwrap_or_else(|_| "?@?".into());
+    AgentMessage::UpdateStatus(UpdateStatus {
+        deployment_id: t.deployment_id.chars().take(64).collect(),
+        release,
+        state: UpdateState::Failed,
+        progress: None,
+        reason: Some("updates_disabled".into()),
+        message: Some("this agent runs without an update engine".into()),
+    })
+}
+
+/// The latest update status when it still needs sending.
+fn unacked(p: &Option<Published>) -> Option<AgentMessage> {
+    match p {
+        Some(p) if !(p.acked && p.status.state.is_final()) => {
+            Some(AgentMessage::UpdateStatus(p.status.clone()))
+        }
+        _ => None,
+    }
 }
 
 impl Agent {
@@ -162,6 +194,9 @@ impl Agent {
             self.stats
                 .connected
                 .store(false, std::sync::atomic::Ordering::Relaxed);
+            if let Some(u) = &self.update {
+                u.set_connected(false);
+            }
             match end {
                 SessionEnd::Stop(s) => return s,
                 SessionEnd::Retry(why, was_up) => {
@@ -272,10 +307,21 @@ impl Agent {
             .connected
             .store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(device_id = %self.identity.device_id, "control channel up");
+        let mut statuses = self.update.as_ref().map(|u| {
+            u.set_connected(true);
+            u.statuses()
+        });
+        // The latest update status again, until a final one is acked.
+        if let Some(rx) = &mut statuses
+            && let Some(msg) = unacked(&rx.borrow_and_update())
+            && let Err(e) = ws.send(Message::Binary(encode(&msg).into())).await
+        {
+            return SessionEnd::Retry(format!("cannot send the update status: {e}"), false);
+        }
 
         // The inventory sent and not yet acknowledged, with its hash.
         let mut in_flight: Option<(String, Document)> = None;
-        let current = self.inventory.collect().await;
+        let current = self.collect_inventory().await;
         let current_hash = inventory_hash(&current);
         if server_inventory_hash.as_deref() == Some(current_hash.as_str()) {
             self.state.inventory_acked_hash = Some(current_hash);
@@ -315,12 +361,13 @@ impl Agent {
                         Err(e) => return SessionEnd::Retry(format!("bad frame from server: {e}"), was_up(connected_at)),
                     };
                     match self.handle(msg, &mut in_flight).await {
-                        Ok(Some(reply)) => {
-                            if let Err(e) = ws.send(Message::Binary(encode(&reply).into())).await {
-                                return SessionEnd::Retry(format!("send failed: {e}"), was_up(connected_at));
+                        Ok(replies) => {
+                            for reply in replies {
+                                if let Err(e) = ws.send(Message::Binary(encode(&reply).into())).await {
+                                    return SessionEnd::Retry(format!("send failed: {e}"), was_up(connected_at));
+                                }
                             }
                         }
-                        Ok(None) => {}
                         // A refusal right after connecting must not reset the
                         // backoff, or a bad message would loop fast.
                         Err(SessionEnd::Retry(why, _)) => return SessionEnd::Retry(why, was_up(connected_at)),
@@ -348,8 +395,26 @@ impl Agent {
                         }
                     }
                 }
+                changed = async {
+                    match &mut statuses {
+                        Some(rx) => rx.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if !changed {
+                        // The engine task is gone; nothing more to forward.
+                        statuses = None;
+                        continue;
+                    }
+                    let msg = statuses.as_mut().and_then(|rx| unacked(&rx.borrow_and_update()));
+                    if let Some(msg) = msg
+                        && let Err(e) = ws.send(Message::Binary(encode(&msg).into())).await
+                    {
+                        return SessionEnd::Retry(format!("send failed: {e}"), was_up(connected_at));
+                    }
+                }
                 _ = inventory_tick.tick() => {
-                    let current = self.inventory.collect().await;
+                    let current = self.collect_inventory().await;
                     let acked = self.state.inventory_acked_hash.clone();
                     if acked.as_deref() != Some(inventory_hash(&current).as_str())
                         && let Some(msg) = self.inventory_message(&current, acked.as_deref(), &mut in_flight)
@@ -364,6 +429,15 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// The device's inventory plus the update engine's `update.*` keys.
+    async fn collect_inventory(&self) -> Document {
+        let mut doc = self.inventory.collect_raw().await;
+        if let Some(u) = &self.update {
+            doc.extend(u.inventory());
+        }
+        bounded(doc)
     }
 
     /// A full report, or only the changes when the server holds exactly
@@ -443,11 +517,20 @@ impl Agent {
         &mut self,
         msg: ServerMessage,
         in_flight: &mut Option<(String, Document)>,
-    ) -> Result<Option<AgentMessage>, SessionEnd> {
+    ) -> Result<Vec<AgentMessage>, SessionEnd> {
         match msg {
             ServerMessage::Desired {
-                revision, config, ..
+                revision,
+                config,
+                update,
             } => {
+                let mut out = Vec::new();
+                if let Some(t) = update {
+                    match &self.update {
+                        Some(u) => u.offer(t),
+                        None => out.push(updates_disabled(&t)),
+                    }
+                }
                 tracing::info!(%revision, keys = config.len(), "applying desired configuration");
                 let result = self
                     .applier
@@ -477,12 +560,16 @@ impl Agent {
                 } else {
                     self.state.applied_config.clone()
                 };
-                Ok(Some(AgentMessage::Reported {
-                    revision,
-                    status,
-                    config: reported,
-                    error,
-                }))
+                out.insert(
+                    0,
+                    AgentMessage::Reported {
+                        revision,
+                        status,
+                        config: reported,
+                        error,
+                    },
+                );
+                Ok(out)
             }
             ServerMessage::InventoryAck { hash } => {
                 match in_flight.take() {
@@ -490,20 +577,20 @@ impl Agent {
                         self.state.inventory_acked_hash = Some(hash);
                         self.state.inventory_acked = doc;
                         self.persist_state();
-                        Ok(None)
+                        Ok(vec![])
                     }
                     Some((_, doc)) => {
                         // The server applied a delta to another base: resend in full.
                         let h = inventory_hash(&doc);
                         *in_flight = Some((h.clone(), doc.clone()));
-                        Ok(Some(AgentMessage::Inventory {
+                        Ok(vec![AgentMessage::Inventory {
                             full: true,
                             set: doc,
                             removed: vec![],
                             hash: h,
-                        }))
+                        }])
                     }
-                    None => Ok(None),
+                    None => Ok(vec![]),
                 }
             }
             ServerMessage::Certificate {
@@ -515,7 +602,7 @@ impl Agent {
                     Some((&certificate_pem, &self.identity.key.serialize_pem())),
                 ) {
                     tracing::warn!(error = %e, "the renewed certificate is not usable; keeping the old one");
-                    return Ok(None);
+                    return Ok(vec![]);
                 }
                 self.identity.cert_pem = certificate_pem;
                 self.identity.server.cert_expires_at_ms = Some(expires_at_ms);
@@ -534,10 +621,17 @@ impl Agent {
                     }
                 }
                 tracing::info!("certificate renewed");
-                Ok(None)
+                Ok(vec![])
             }
-            // Wired to the update engine next.
-            ServerMessage::UpdateAck { .. } => Ok(None),
+            ServerMessage::UpdateAck {
+                deployment_id,
+                state,
+            } => {
+                if let Some(u) = &self.update {
+                    u.ack(deployment_id, state);
+                }
+                Ok(vec![])
+            }
             ServerMessage::Error {
                 code,
                 message,
@@ -550,9 +644,9 @@ impl Agent {
                 if fatal {
                     return Err(SessionEnd::Retry(format!("{code}: {message}"), true));
                 }
-                Ok(None)
+                Ok(vec![])
             }
-            ServerMessage::ReportedAck { .. } | ServerMessage::Welcome { .. } => Ok(None),
+            ServerMessage::ReportedAck { .. } | ServerMessage::Welcome { .. } => Ok(vec![]),
         }
     }
 }
@@ -590,6 +684,7 @@ mod tests {
             backoff: Backoff::new(Duration::from_millis(10), Duration::from_secs(1)),
             renew_at_fraction_left: 1.0 / 3.0,
             stats: Default::default(),
+            update: None,
         }
     }
 
@@ -670,8 +765,8 @@ mod tests {
             )
             .await;
         assert!(matches!(
-            reply,
-            Ok(Some(AgentMessage::Inventory { full: true, .. }))
+            reply.as_deref(),
+            Ok([AgentMessage::Inventory { full: true, .. }])
         ));
         let reply = a
             .handle(
@@ -681,7 +776,7 @@ mod tests {
                 &mut in_flight,
             )
             .await;
-        assert!(matches!(reply, Ok(None)));
+        assert!(matches!(reply.as_deref(), Ok([])));
         assert_eq!(a.state.inventory_acked, new);
     }
 
@@ -701,7 +796,7 @@ mod tests {
             )
             .await;
         assert!(
-            matches!(reply, Ok(Some(AgentMessage::Reported { ref revision, status: ApplyStatus::Applied, ref config, .. })) if revision == "r1" && *config == good)
+            matches!(reply.as_deref(), Ok([AgentMessage::Reported { revision, status: ApplyStatus::Applied, config, .. }]) if revision == "r1" && *config == good)
         );
         let bad = doc(&[("sim.fail_apply", "true")]);
         let reply = a
@@ -714,15 +809,19 @@ mod tests {
                 &mut none,
             )
             .await;
-        match reply {
-            Ok(Some(AgentMessage::Reported {
-                status: ApplyStatus::Failed,
-                config,
-                error,
-                ..
-            })) => {
+        match reply.as_deref() {
+            Ok(
+                [
+                    AgentMessage::Reported {
+                        status: ApplyStatus::Failed,
+                        config,
+                        error,
+                        ..
+                    },
+                ],
+            ) => {
                 assert_eq!(
-                    config, good,
+                    *config, good,
                     "a failed apply reports what is still in effect"
                 );
                 assert!(error.is_some());

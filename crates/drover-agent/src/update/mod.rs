@@ -1,7 +1,32 @@
-//! Software updates on the device (docs/updates.md).
+//! Software updates on the device (docs/updates.md, docs/updates-agent.md).
 //!
 //! - [`installer`]: the `Installer` trait every payload type implements.
 //! - [`config`]: the `[update]` section of agent.toml.
+//! - [`journal`]: the on-disk journal and the record of installed releases.
+//! - [`download`]: resumable, verified artifact downloads.
+//! - [`health`]: health checks after activation.
+//! - [`engine`]: the state machine, and the handle the control channel uses.
+//! - [`app`]: the `app` installer.
+//!
+//! Nothing here installs a payload that the device's own release root keys
+//! did not vouch for, and nothing touches the running version before
+//! activation.
 
+use std::path::Path;
+
+pub mod app;
 pub mod config;
+pub mod download;
+pub mod engine;
+pub mod health;
 pub mod installer;
+pub mod journal;
+
+use config::UpdateConfig;
+use installer::Installer;
+
+/// The installers this agent has, one per payload type. A payload type
+/// without one is refused with reason `unsupported_payload`.
+pub fn installers(cfg: &UpdateConfig, data_dir: &Path) -> Vec<Box<dyn Installer>> {
+    vec![Box::new(app::AppInstaller::new(cfg, data_dir))]
+}

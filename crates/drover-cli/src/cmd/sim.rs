@@ -219,6 +219,8 @@ pub async fn start_fleet(
             ),
             renew_at_fraction_left: 1.0 / 3.0,
             stats: st,
+            // Simulated devices answer update targets `updates_disabled`.
+            update: None,
         };
         let mut global = global_stop.subscribe();
         tasks.spawn(async move {
