@@ -71,6 +71,14 @@ pub enum Command {
     /// Release keys, signed release bundles and publishing them.
     #[command(subcommand)]
     Release(crate::cmd::release::ReleaseCommand),
+    /// Published releases.
+    #[command(subcommand)]
+    Releases(crate::cmd::deploy::ReleasesCommand),
+    /// Make a release the target of devices or a group.
+    Deploy(crate::cmd::deploy::DeployArgs),
+    /// Deployments and each device's progress.
+    #[command(subcommand)]
+    Deployments(crate::cmd::deploy::DeploymentsCommand),
     /// Run many simulated devices in this process, over the real protocol.
     Sim(SimArgs),
     /// Start a server on the embedded default with a simulated fleet to explore.

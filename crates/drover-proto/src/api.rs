@@ -395,3 +395,121 @@ pub struct GroupInfo {
 pub struct GroupList {
     pub groups: Vec<GroupInfo>,
 }
+
+/// `POST /api/v1/releases`: a release signed offline by `drover release
+/// build`. The server checks its shape and that every artifact is stored,
+/// but never trusts it: devices verify signatures with their own root keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateRelease {
+    /// The signed manifest envelope `{"manifest": "<json>", "signatures": [...]}`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub manifest: serde_json::Value,
+    /// The root-signed release key list, when a release key signed it.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub key_list: Option<serde_json::Value>,
+}
+
+/// One payload of a release, as listed by the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReleasePayload {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub sha256: String,
+    pub size: u64,
+    /// SHA-256 of a delta patch, if the release carries one.
+    pub delta_sha256: Option<String>,
+    pub delta_base_version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReleaseInfo {
+    /// `name@version`.
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub device_types: Vec<String>,
+    pub payloads: Vec<ReleasePayload>,
+    /// Ids of the keys whose signatures the manifest carries (not checked
+    /// by the server).
+    pub signed_by: Vec<String>,
+    /// Commit, build and SBOM digest from the manifest.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub provenance: serde_json::Value,
+    pub created_at: String,
+    pub created_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReleaseList {
+    pub releases: Vec<ReleaseInfo>,
+}
+
+/// Answer to `PUT /api/v1/artifacts/{sha256}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ArtifactInfo {
+    pub sha256: String,
+    pub size: u64,
+    /// False when the artifact was already stored.
+    pub created: bool,
+}
+
+/// `POST /api/v1/deployments`: set a release as the target of devices.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateDeployment {
+    /// Release id, `name@version`.
+    pub release: String,
+    /// Device ids.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// A group: its members now (static and query) are targeted.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Let devices install a version older than the one they run.
+    #[serde(default)]
+    pub allow_downgrade: bool,
+}
+
+/// One device in a deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeploymentDevice {
+    pub device_id: String,
+    pub state: crate::device::UpdateState,
+    pub progress: Option<u8>,
+    /// Reason code of a failure or rollback (docs/updates.md).
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeploymentInfo {
+    pub id: String,
+    pub release: String,
+    /// `device:<id>,…` or `group:<name>`.
+    pub target: String,
+    pub allow_downgrade: bool,
+    pub created_at: String,
+    pub created_by: Option<String>,
+    /// Devices per state.
+    pub counts: std::collections::BTreeMap<String, u64>,
+    /// Every device with its state (only in `GET /api/v1/deployments/{id}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeploymentDevice>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeploymentList {
+    pub deployments: Vec<DeploymentInfo>,
+}

@@ -10,6 +10,7 @@
 //! - [`http`] is the accept loop (TLS, HTTP/1.1, graceful shutdown).
 
 pub mod api;
+pub mod artifacts;
 pub mod auth;
 pub mod clock;
 pub mod config;

@@ -351,7 +351,14 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
         ca.clone(),
         cfg.devices.clone(),
     ));
-    let state = AppState::new(devices.clone(), public_url.clone());
+    let artifacts_dir = cfg.data_dir.join("artifacts");
+    let artifacts = crate::artifacts::Artifacts::local(&artifacts_dir).map_err(|source| {
+        StartError::DataDir {
+            path: artifacts_dir.clone(),
+            source,
+        }
+    })?;
+    let state = AppState::new(devices.clone(), public_url.clone(), artifacts);
     let (tx, rx) = watch::channel(false);
     tokio::spawn(flush_presence(devices.clone(), rx.clone()));
     let app = router(state);

@@ -129,6 +129,11 @@ fn sample_body(method: &Method, path: &str, public_key_pem: &str) -> Option<Stri
             json!({ "public_key_pem": public_key_pem }).to_string()
         }
         ("POST", "/api/v1/groups") => r#"{"name":"walkers","query":"status = online"}"#.to_string(),
+        ("PUT", "/api/v1/artifacts/{sha256}") => "not the artifact".to_string(),
+        ("POST", "/api/v1/releases") => {
+            r#"{"manifest":{"manifest":"{}","signatures":[]}}"#.to_string()
+        }
+        ("POST", "/api/v1/deployments") => r#"{"release":"none@1.0.0","group":"g"}"#.to_string(),
         _ => return None,
     };
     Some(body)
@@ -150,7 +155,9 @@ fn concrete(path: &str, f: &Fixture) -> String {
     } else {
         &f.token_id
     };
-    path.replace("{id}", id).replace("{name}", &f.group)
+    path.replace("{id}", id)
+        .replace("{name}", &f.group)
+        .replace("{sha256}", &"ab".repeat(32))
 }
 
 /// Puts a device, a group and an enrollment token into the store.
@@ -262,7 +269,11 @@ async fn every_route_enforces_its_role_and_every_mutation_is_audited() {
                 StatusCode::UNAUTHORIZED,
                 "{backend:?} {method} {path} without token: {b}"
             );
-            assert_error_shape(s, &b, "missing_token");
+            // HEAD answers carry no body.
+            let head = method == Method::HEAD;
+            if !head {
+                assert_error_shape(s, &b, "missing_token");
+            }
             for (role, token) in &tokens {
                 let before = api.audit(&admin).await.len();
                 let (s, b) = api.call(method.clone(), &uri, Some(token), body).await;
@@ -277,10 +288,12 @@ async fn every_route_enforces_its_role_and_every_mutation_is_audited() {
                         StatusCode::FORBIDDEN,
                         "{backend:?} {method} {path} as {role}: {b}"
                     );
-                    assert_error_shape(s, &b, "forbidden");
+                    if !head {
+                        assert_error_shape(s, &b, "forbidden");
+                    }
                 }
                 let after = api.audit(&admin).await;
-                if method != Method::GET {
+                if method != Method::GET && !head {
                     mutations += 1;
                     assert_eq!(
                         after.len(),

@@ -588,3 +588,155 @@ mod devices {
         .await;
     }
 }
+
+mod releases {
+    use super::*;
+    use drover_proto::device::UpdateState;
+    use drover_server::store::{
+        ArtifactRecord, DeploymentRecord, ReleaseRecord, ReleaseStore, UpdateStatusRecord,
+    };
+
+    fn release(id: &str) -> ReleaseRecord {
+        let (name, version) = id.split_once('@').unwrap();
+        ReleaseRecord {
+            id: id.into(),
+            name: name.into(),
+            version: version.into(),
+            device_types: vec!["rpi4".into(), "x86".into()],
+            manifest: r#"{"manifest":"{}","signatures":[]}"#.into(),
+            key_list: None,
+            created_at: 10,
+            created_by: Some("ci".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn releases_deployments_and_reports_round_trip() {
+        each_backend(|store, backend, _| async move {
+            let a = ArtifactRecord {
+                sha256: "ab".repeat(32),
+                size: 42,
+                created_at: 1,
+            };
+            assert!(store.put_artifact(&a).await.unwrap());
+            assert!(
+                !store.put_artifact(&a).await.unwrap(),
+                "{backend:?}: second put is a no-op"
+            );
+            assert_eq!(
+                store.get_artifact(&a.sha256).await.unwrap(),
+                Some(a.clone())
+            );
+            assert_eq!(store.get_artifact(&"cd".repeat(32)).await.unwrap(), None);
+
+            let r = release("app@1.0.0");
+            assert!(
+                store
+                    .create_release(&r, &audit("releases.publish", "op"))
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !store
+                    .create_release(&r, &audit("releases.publish", "op"))
+                    .await
+                    .unwrap(),
+                "{backend:?}: the same id twice is refused"
+            );
+            assert_eq!(store.get_release(&r.id).await.unwrap(), Some(r.clone()));
+            assert_eq!(store.list_releases().await.unwrap(), vec![r.clone()]);
+            let q = AuditQuery {
+                action: Some("releases.publish".into()),
+                limit: 10,
+                ..Default::default()
+            };
+            assert_eq!(
+                store.list_audit(&q).await.unwrap().len(),
+                1,
+                "{backend:?}: one audit entry"
+            );
+
+            let d1 = DeploymentRecord {
+                id: "dep_1".into(),
+                release_id: r.id.clone(),
+                target: "group:g".into(),
+                allow_downgrade: true,
+                created_at: 20,
+                created_by: Some("op".into()),
+            };
+            let devices = vec!["d1".to_string(), "d2".to_string()];
+            store
+                .create_deployment(&d1, &devices, &audit("deployments.create", "op"))
+                .await
+                .unwrap();
+            assert_eq!(
+                store.get_deployment("dep_1").await.unwrap(),
+                Some(d1.clone())
+            );
+            let dd = store.deployment_devices("dep_1").await.unwrap();
+            assert_eq!(dd.len(), 2);
+            assert!(dd.iter().all(|x| x.state == UpdateState::Pending));
+            let mut targets = store.device_targets().await.unwrap();
+            targets.sort();
+            assert_eq!(
+                targets,
+                vec![("d1".into(), "dep_1".into()), ("d2".into(), "dep_1".into())]
+            );
+
+            // A newer deployment takes over d2's target only.
+            let d2 = DeploymentRecord {
+                id: "dep_2".into(),
+                allow_downgrade: false,
+                created_at: 30,
+                ..d1.clone()
+            };
+            store
+                .create_deployment(&d2, &["d2".to_string()], &audit("deployments.create", "op"))
+                .await
+                .unwrap();
+            let mut targets = store.device_targets().await.unwrap();
+            targets.sort();
+            assert_eq!(
+                targets,
+                vec![("d1".into(), "dep_1".into()), ("d2".into(), "dep_2".into())],
+                "{backend:?}"
+            );
+            assert_eq!(
+                store
+                    .list_deployments(10)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.id.as_str())
+                    .collect::<Vec<_>>(),
+                vec!["dep_2", "dep_1"]
+            );
+
+            let report = UpdateStatusRecord {
+                deployment_id: "dep_1",
+                device_id: "d1",
+                state: UpdateState::RolledBack,
+                progress: Some(100),
+                reason: Some("health_check_failed"),
+                message: Some("http check failed"),
+                at: 40,
+            };
+            assert!(store.record_update_status(&report).await.unwrap());
+            let outsider = UpdateStatusRecord {
+                device_id: "d3",
+                ..report.clone()
+            };
+            assert!(
+                !store.record_update_status(&outsider).await.unwrap(),
+                "{backend:?}: a device outside the deployment writes nothing"
+            );
+            let dd = store.deployment_devices("dep_1").await.unwrap();
+            let d1row = dd.iter().find(|x| x.device_id == "d1").unwrap();
+            assert_eq!(d1row.state, UpdateState::RolledBack);
+            assert_eq!(d1row.reason.as_deref(), Some("health_check_failed"));
+            assert_eq!(d1row.progress, Some(100));
+            assert_eq!(d1row.updated_at, 40);
+        })
+        .await;
+    }
+}

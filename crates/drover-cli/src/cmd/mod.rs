@@ -2,6 +2,7 @@
 
 mod audit;
 mod demo;
+pub mod deploy;
 mod devices;
 mod login;
 pub mod release;
@@ -27,6 +28,9 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Devices(cmd) => devices::devices(&connect(g)?, cmd, g.json).await,
         Command::Groups(cmd) => devices::groups(&connect(g)?, cmd, g.json).await,
         Command::Release(cmd) => release::run(cmd, g).await,
+        Command::Releases(cmd) => deploy::releases(&connect(g)?, cmd, g.json).await,
+        Command::Deploy(args) => deploy::deploy(&connect(g)?, args, g.json).await,
+        Command::Deployments(cmd) => deploy::deployments(&connect(g)?, cmd, g.json).await,
         Command::Sim(args) => sim::run(args, g).await,
         Command::Demo(args) => demo::run(args, g.json).await,
     }

@@ -128,3 +128,91 @@ pub async fn connect(
             crate::devices::channel::run(devices, socket, me.device_id, me.serial).instrument(span)
         }))
 }
+
+/// `GET /v1/artifacts/{sha256}`: release payloads for devices (mutual TLS
+/// with an accepted device's certificate), with HTTP Range so interrupted
+/// downloads resume. Immutable: cacheable forever by gateways and mirrors.
+pub async fn artifact(
+    State(state): State<AppState>,
+    cert: Option<Extension<PeerCertificate>>,
+    axum::extract::Path(sha256): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    use axum::http::header;
+    let Some(me) = cert.as_ref().and_then(|Extension(c)| peer_device(&c.0)) else {
+        return Err(ApiError::unauthorized(
+            "certificate_required",
+            "artifacts are served to enrolled devices (mutual TLS with the device certificate)",
+        ));
+    };
+    match state.store.get_device(&me.device_id).await? {
+        Some(d) if d.enrollment == Enrollment::Accepted && d.public_key == me.spki_hex => {}
+        _ => {
+            return Err(ApiError::forbidden(format!(
+                "device {} may not download artifacts (not an accepted device)",
+                me.device_id
+            )));
+        }
+    }
+    if !drover_release::is_sha256_hex(&sha256) {
+        return Err(ApiError::bad_request(
+            "an artifact is named by its SHA-256: 64 lower-case hex digits",
+        ));
+    }
+    let Some(record) = state.store.get_artifact(&sha256).await? else {
+        return Err(ApiError::not_found(format!("no artifact {sha256}")));
+    };
+    let size = record.size as u64;
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(h) => match crate::artifacts::parse_range(h, size) {
+            Ok(r) => r,
+            Err(()) => {
+                return Ok((
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+                )
+                    .into_response());
+            }
+        },
+        None => None,
+    };
+    let (status, span) = match range {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, r),
+        None => (StatusCode::OK, 0..size),
+    };
+    let stream = state
+        .artifacts
+        .read(&sha256, span.clone())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, %sha256, "artifact recorded but unreadable");
+            ApiError::internal()
+        })?;
+    metrics::counter!("drover_artifact_bytes_served_total").increment(span.end - span.start);
+    let mut resp = axum::body::Body::from_stream(stream).into_response();
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, (span.end - span.start).into());
+    h.insert(
+        header::ACCEPT_RANGES,
+        header::HeaderValue::from_static("bytes"),
+    );
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&format!("\"{sha256}\"")) {
+        h.insert(header::ETAG, v);
+    }
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(v) =
+            header::HeaderValue::from_str(&format!("bytes {}-{}/{size}", span.start, span.end - 1))
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    Ok(resp)
+}

@@ -17,6 +17,7 @@ mod enroll_tokens;
 mod extract;
 mod groups;
 mod middleware;
+mod releases;
 mod system;
 mod tokens;
 pub mod validate;
@@ -49,16 +50,23 @@ pub struct AppState {
     pub(crate) touched: Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
     /// The URL devices use, put into enrollment tokens.
     pub public_url: String,
+    /// Release payloads and delta patches.
+    pub artifacts: crate::artifacts::Artifacts,
 }
 
 impl AppState {
-    pub fn new(devices: Arc<Devices>, public_url: String) -> Self {
+    pub fn new(
+        devices: Arc<Devices>,
+        public_url: String,
+        artifacts: crate::artifacts::Artifacts,
+    ) -> Self {
         AppState {
             store: devices.store.clone(),
             devices,
             metrics: crate::telemetry::prometheus(),
             touched: Default::default(),
             public_url,
+            artifacts,
         }
     }
 
@@ -67,7 +75,16 @@ impl AppState {
     pub fn for_tests(store: Arc<dyn Store>) -> Self {
         let (ca, _) = crate::pki::FleetCa::generate().expect("generate a CA");
         let devices = Devices::new(store, Arc::new(ca), Default::default());
-        Self::new(Arc::new(devices), "https://127.0.0.1:8443".into())
+        let dir = std::env::temp_dir().join(format!(
+            "drover-test-artifacts-{}",
+            crate::auth::random_hex(8)
+        ));
+        let artifacts = crate::artifacts::Artifacts::local(&dir).expect("artifact folder");
+        Self::new(
+            Arc::new(devices),
+            "https://127.0.0.1:8443".into(),
+            artifacts,
+        )
     }
 }
 
@@ -114,6 +131,13 @@ const ACTIONS: &[(Method, &str, &str)] = &[
         "devices.preauthorize",
     ),
     (Method::POST, "/api/v1/groups", "groups.create"),
+    (
+        Method::PUT,
+        "/api/v1/artifacts/{sha256}",
+        "artifacts.upload",
+    ),
+    (Method::POST, "/api/v1/releases", "releases.publish"),
+    (Method::POST, "/api/v1/deployments", "deployments.create"),
     (Method::DELETE, "/api/v1/groups/{name}", "groups.delete"),
     (
         Method::PUT,
@@ -184,6 +208,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/enroll", axum::routing::post(device_endpoints::enroll))
         .route("/v1/ca", axum::routing::get(device_endpoints::ca))
         .route(
+            "/v1/artifacts/{sha256}",
+            axum::routing::get(device_endpoints::artifact),
+        )
+        .route(
             "/v1/device/connect",
             axum::routing::get(device_endpoints::connect),
         )
@@ -221,6 +249,14 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(groups::create, groups::list))
         .routes(routes!(groups::show, groups::delete))
         .routes(routes!(groups::set_desired))
+        .routes(routes!(releases::artifact_head, releases::artifact_put))
+        .routes(routes!(releases::create_release, releases::list_releases))
+        .routes(routes!(releases::show_release))
+        .routes(routes!(
+            releases::create_deployment,
+            releases::list_deployments
+        ))
+        .routes(routes!(releases::show_deployment))
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {

@@ -18,8 +18,8 @@ use drover_proto::device::{
     AgentMessage, Document, PROTOCOL_VERSION, ServerMessage, decode_agent, encode,
 };
 
+use super::Devices;
 use super::registry::{Conn, Outbound};
-use super::{Devices, effective};
 use crate::clock::now_ms;
 use crate::pki::Csr;
 use crate::store::Enrollment;
@@ -234,9 +234,17 @@ async fn setup(
         {
             conn.mark_pushed(applied_revision.clone());
         }
-        match devices.groups().await {
+        let eff = match devices.groups().await {
             Ok(groups) => {
-                conn.push_desired_if_changed(&effective(&device, &groups, "online"));
+                devices
+                    .effective_with_update(&device, &groups, "online")
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match eff {
+            Ok(eff) => {
+                conn.push_desired_if_changed(&eff);
             }
             Err(e) => tracing::warn!(error = %e, "cannot compute desired state"),
         }
@@ -359,7 +367,10 @@ async fn handle(
     };
     match msg {
         AgentMessage::Heartbeat {} => Ok(None),
-        AgentMessage::UpdateStatus(_status) => Ok(None),
+        AgentMessage::UpdateStatus(status) => devices
+            .update_status(id, &status)
+            .await
+            .map_err(unavailable),
         AgentMessage::Hello { .. } => Err(("hello_repeated", "hello may only be sent once".into())),
         AgentMessage::Inventory {
             full,

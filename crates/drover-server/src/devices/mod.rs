@@ -13,6 +13,7 @@
 pub mod channel;
 pub mod enrollment;
 pub mod registry;
+pub mod updates;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +67,8 @@ pub struct Devices {
     /// database read per device. (With replicas this becomes a cache
     /// invalidated over NATS.)
     groups: std::sync::RwLock<Option<Arc<Vec<GroupRecord>>>>,
+    /// Each device's release target, cached the same way (see [`updates`]).
+    targets: std::sync::RwLock<Option<Arc<updates::Targets>>>,
 }
 
 /// A device's effective desired configuration and where it came from.
@@ -141,6 +144,7 @@ impl Devices {
             settings,
             shutting_down: Default::default(),
             groups: Default::default(),
+            targets: Default::default(),
         }
     }
 
@@ -228,7 +232,9 @@ impl Devices {
             let Some(device) = self.store.get_device(&id).await? else {
                 continue;
             };
-            let eff = effective(&device, &groups, "online");
+            let eff = self
+                .effective_with_update(&device, &groups, "online")
+                .await?;
             if conn.push_desired_if_changed(&eff) {
                 pushed += 1;
             }

@@ -9,7 +9,13 @@
 //! This module never formats times or builds HTTP answers: it speaks in Unix
 //! milliseconds and plain records; the API layer turns them into documents.
 
+mod releases;
 pub mod sql;
+
+pub use releases::{
+    ArtifactRecord, DeploymentDeviceRecord, DeploymentRecord, ReleaseRecord, ReleaseStore,
+    UpdateStatusRecord,
+};
 
 use async_trait::async_trait;
 use drover_proto::api::{AuditOutcome, Role};
@@ -282,7 +288,7 @@ pub enum Change {
 
 /// Everything the control plane keeps.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: ReleaseStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Cheap round trip to the database, for `/healthz`.

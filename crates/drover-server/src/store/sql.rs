@@ -343,6 +343,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0002_devices.sql"),
         include_str!("../../migrations/postgres/0002_devices.sql"),
     ),
+    (
+        3,
+        "releases",
+        include_str!("../../migrations/sqlite/0003_releases.sql"),
+        include_str!("../../migrations/postgres/0003_releases.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {
@@ -771,3 +777,6 @@ impl Store for SqlStore {
         })
     }
 }
+
+// After the macros above, which it uses.
+mod releases;
