@@ -154,6 +154,12 @@ pub enum EnrollTokensCommand {
         /// Lifetime, e.g. 24h or 30d (default: never expires).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
         expires: Option<u64>,
+        /// A release root public key (`ed25519:…`, or a `.pub` file from
+        /// `drover release keygen --root`) that devices enrolled with this
+        /// token will trust for updates (repeatable). Added to the token here,
+        /// on your machine: the server never chooses what devices trust.
+        #[arg(long = "release-root", value_name = "KEY_OR_FILE")]
+        release_roots: Vec<String>,
     },
     List,
     Revoke {

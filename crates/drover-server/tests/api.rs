@@ -654,3 +654,241 @@ async fn a_database_that_disappears_gets_503_and_the_server_recovers() {
     );
     let _ = AuditOutcome::Success;
 }
+
+impl Api {
+    /// `PUT` of raw bytes with a Content-Length, as `drover release publish` sends.
+    async fn put_bytes(&self, path: &str, token: &str, bytes: Vec<u8>) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method(Method::PUT)
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_LENGTH, bytes.len())
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(Body::from(bytes))
+            .unwrap();
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn put_device(&self, id: &str, enrollment: drover_server::store::Enrollment) {
+        use drover_server::store::{Change, DeviceRecord};
+        let d = DeviceRecord {
+            id: id.into(),
+            public_key: format!("pk-{id}"),
+            enrollment,
+            hostname: None,
+            tags: Default::default(),
+            inventory: Default::default(),
+            inventory_hash: None,
+            desired: Default::default(),
+            reported: None,
+            agent_version: None,
+            cert_serial: None,
+            cert_not_after: None,
+            enrolled_via: None,
+            created_at: 1,
+            updated_at: 1,
+            last_seen: None,
+            version: 1,
+        };
+        let put = Change::PutDevice {
+            device: d,
+            expected_version: None,
+        };
+        assert!(self.store.apply(&[put], None).await.unwrap());
+    }
+}
+
+fn signed_release(version: &str, payload: &[u8]) -> Value {
+    use drover_release::keys::KeyRole;
+    use drover_release::{KeyPair, Manifest, Payload, SignedManifest};
+    let key = KeyPair::from_seed(KeyRole::Root, [7; 32]).unwrap();
+    let m = Manifest {
+        format: 1,
+        name: "kiosk".into(),
+        version: version.into(),
+        device_types: vec!["rpi4".into()],
+        created_at: 1_800_000_000,
+        expires_at: None,
+        payloads: vec![Payload {
+            kind: "app".into(),
+            sha256: drover_release::sha256_hex(payload),
+            size: payload.len() as u64,
+            module: None,
+            delta: None,
+        }],
+        health: None,
+        provenance: None,
+    };
+    serde_json::to_value(SignedManifest::sign(&m, &key).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn releases_are_published_only_with_their_artifacts_and_deployed_to_accepted_devices() {
+    use drover_server::store::{Enrollment, ReleaseStore};
+    for backend in Backend::ALL {
+        let api = Api::new(backend).await;
+        let (_, op) = api.token(Role::Operator, None, None).await;
+        let payload = b"#!/bin/sh\necho v1\n".repeat(100);
+        let sha = drover_release::sha256_hex(&payload);
+        let art = format!("/api/v1/artifacts/{sha}");
+
+        // Artifacts: named by their hash, checked while stored.
+        let (s, _) = api.call(Method::HEAD, &art, Some(&op), None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, b) = api.put_bytes(&art, &op, b"something else".to_vec()).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+        assert_eq!(b["error"]["code"], "hash_mismatch");
+        let (s, _) = api.call(Method::HEAD, &art, Some(&op), None).await;
+        assert_eq!(
+            s,
+            StatusCode::NOT_FOUND,
+            "{backend:?}: a bad upload leaves nothing"
+        );
+        let (s, b) = api
+            .put_bytes("/api/v1/artifacts/NOTAHASH", &op, payload.clone())
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+
+        // A release whose payload is not uploaded yet is refused.
+        let body = json!({ "manifest": signed_release("1.0.0", &payload) }).to_string();
+        let (s, b) = api
+            .call(Method::POST, "/api/v1/releases", Some(&op), Some(&body))
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+        assert_eq!(b["error"]["code"], "artifact_missing");
+
+        let (s, b) = api.put_bytes(&art, &op, payload.clone()).await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        assert_eq!(b["created"], true);
+        let (s, b) = api.put_bytes(&art, &op, payload.clone()).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["created"], false);
+
+        let (s, b) = api
+            .call(Method::POST, "/api/v1/releases", Some(&op), Some(&body))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{backend:?}: {b}");
+        assert_eq!(b["id"], "kiosk@1.0.0");
+        assert_eq!(b["payloads"][0]["sha256"], sha);
+        assert_eq!(b["signed_by"].as_array().unwrap().len(), 1);
+        // Publishing the same release again is harmless; changing it is not.
+        let (s, _) = api
+            .call(Method::POST, "/api/v1/releases", Some(&op), Some(&body))
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let mut other = signed_release("1.0.0", &payload);
+        other["signatures"][0]["sig"] = json!("AAAA");
+        let (s, b) = api
+            .call(
+                Method::POST,
+                "/api/v1/releases",
+                Some(&op),
+                Some(&json!({ "manifest": other }).to_string()),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CONFLICT, "{b}");
+        let mut unsigned = signed_release("1.0.1", &payload);
+        unsigned["signatures"] = json!([]);
+        let (s, b) = api
+            .call(
+                Method::POST,
+                "/api/v1/releases",
+                Some(&op),
+                Some(&json!({ "manifest": unsigned }).to_string()),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+        assert!(
+            b["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("signature")
+        );
+        let (s, b) = api
+            .call(Method::GET, "/api/v1/releases/kiosk@1.0.0", Some(&op), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+
+        // Deployments.
+        let accepted = "aaaaaaaaaaaaaaaaaaaaaaaa";
+        let pending = "bbbbbbbbbbbbbbbbbbbbbbbb";
+        api.put_device(accepted, Enrollment::Accepted).await;
+        api.put_device(pending, Enrollment::Pending).await;
+        for (req, status) in [
+            (
+                json!({"release": "kiosk@9.9.9", "devices": [accepted]}),
+                StatusCode::NOT_FOUND,
+            ),
+            (json!({"release": "kiosk@1.0.0"}), StatusCode::BAD_REQUEST),
+            (
+                json!({"release": "kiosk@1.0.0", "devices": [accepted], "group": "g"}),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                json!({"release": "kiosk@1.0.0", "devices": [pending]}),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                json!({"release": "kiosk@1.0.0", "devices": ["cccccccccccccccccccccccc"]}),
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                json!({"release": "kiosk@1.0.0", "group": "nope"}),
+                StatusCode::NOT_FOUND,
+            ),
+        ] {
+            let (s, b) = api
+                .call(
+                    Method::POST,
+                    "/api/v1/deployments",
+                    Some(&op),
+                    Some(&req.to_string()),
+                )
+                .await;
+            assert_eq!(s, status, "{backend:?} {req}: {b}");
+        }
+        assert!(
+            api.store.device_targets().await.unwrap().is_empty(),
+            "refusals change nothing"
+        );
+        let (s, b) = api
+            .call(
+                Method::POST,
+                "/api/v1/deployments",
+                Some(&op),
+                Some(&json!({"release": "kiosk@1.0.0", "devices": [accepted]}).to_string()),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        assert_eq!(b["counts"]["pending"], 1);
+        let id = b["id"].as_str().unwrap().to_string();
+        assert_eq!(
+            api.store.device_targets().await.unwrap(),
+            vec![(accepted.to_string(), id.clone())]
+        );
+        let (s, b) = api
+            .call(
+                Method::GET,
+                &format!("/api/v1/deployments/{id}"),
+                Some(&op),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["devices"][0]["device_id"], accepted);
+        assert_eq!(b["devices"][0]["state"], "pending");
+        let (s, b) = api
+            .call(Method::GET, "/api/v1/deployments", Some(&op), None)
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(b["deployments"][0]["id"], id.as_str());
+    }
+}

@@ -27,6 +27,22 @@ fn seg(s: &str) -> String {
     escape(s)
 }
 
+/// A release root public key given inline or as a file.
+fn read_release_root(arg: &str) -> CliResult<String> {
+    let text = if arg.trim().starts_with("ed25519:") {
+        arg.to_string()
+    } else {
+        std::fs::read_to_string(arg).map_err(|e| {
+            CliError::usage(format!(
+                "--release-root {arg}: not an `ed25519:…` key and not a readable file ({e})"
+            ))
+        })?
+    };
+    let key = drover_release::PublicKey::parse(text.trim())
+        .map_err(|e| CliError::usage(format!("--release-root {arg}: {e}")))?;
+    Ok(key.to_string())
+}
+
 pub async fn enroll_tokens(client: &Client, cmd: EnrollTokensCommand, json: bool) -> CliResult<()> {
     match cmd {
         EnrollTokensCommand::Create {
@@ -34,14 +50,27 @@ pub async fn enroll_tokens(client: &Client, cmd: EnrollTokensCommand, json: bool
             tags,
             uses,
             expires,
+            release_roots,
         } => {
+            let roots = release_roots
+                .iter()
+                .map(|r| read_release_root(r))
+                .collect::<CliResult<Vec<_>>>()?;
             let body = CreateEnrollToken {
                 name: Some(name),
                 tags: doc(tags),
                 uses,
                 expires_in_secs: expires,
             };
-            let t: CreatedEnrollToken = client.post("/api/v1/enroll-tokens", &body).await?;
+            let mut t: CreatedEnrollToken = client.post("/api/v1/enroll-tokens", &body).await?;
+            if !roots.is_empty() {
+                let mut token =
+                    drover_proto::device::EnrollmentToken::decode(&t.token).map_err(|e| {
+                        CliError::failed(format!("the server sent a damaged token: {e}"))
+                    })?;
+                token.release_roots = roots;
+                t.token = token.encode();
+            }
             if json {
                 return output::json(&t);
             }
