@@ -159,6 +159,8 @@ pub enum AgentMessage {
     /// state change and again after each reconnect until the server acks a
     /// final state ([`UpdateState::is_final`]) with [`ServerMessage::UpdateAck`].
     UpdateStatus(UpdateStatus),
+    /// Buffered metric points and events (docs/monitoring.md).
+    Telemetry(crate::telemetry::TelemetryBatch),
 }
 
 /// Where a device is in installing a release (docs/updates.md).
@@ -288,6 +290,8 @@ pub enum ServerMessage {
         deployment_id: String,
         state: UpdateState,
     },
+    /// Telemetry stored up to a sequence number; delete it on the device.
+    TelemetryAck(crate::telemetry::TelemetryAck),
     /// Reported state stored.
     ReportedAck { revision: String },
     Certificate {
@@ -349,6 +353,14 @@ pub fn decode_agent(frame: &[u8]) -> Result<AgentMessage, DecodeError> {
             Err(DecodeError::Malformed(
                 "update status fields too long (message 1 KiB, reason 64 B)".into(),
             ))
+        }
+        AgentMessage::Telemetry(b)
+            if b.records.len() > crate::telemetry::MAX_BATCH_RECORDS || b.boot_id.len() > 64 =>
+        {
+            Err(DecodeError::Malformed(format!(
+                "a telemetry batch holds at most {} records",
+                crate::telemetry::MAX_BATCH_RECORDS
+            )))
         }
         _ => Ok(msg),
     }
@@ -435,6 +447,32 @@ mod tests {
             hash: "h".into(),
         };
         assert!(decode_agent(&encode(&inv)).is_err());
+        let status = AgentMessage::UpdateStatus(UpdateStatus {
+            deployment_id: "dep_1".into(),
+            release: "app@1.0.0".into(),
+            state: UpdateState::RolledBack,
+            progress: None,
+            reason: Some("health_check_failed".into()),
+            message: None,
+        });
+        assert_eq!(decode_agent(&encode(&status)), Ok(status));
+        let batch = AgentMessage::Telemetry(crate::telemetry::TelemetryBatch {
+            boot_id: "b".into(),
+            records: vec![crate::telemetry::Record {
+                seq: 1,
+                time_ms: 5,
+                mono_ms: 6,
+                clock: crate::telemetry::ClockQuality::Synced,
+                priority: crate::telemetry::Priority::Low,
+                labels: Default::default(),
+                body: crate::telemetry::RecordBody::Metric {
+                    name: "cpu".into(),
+                    value: 0.5,
+                },
+            }],
+            dropped: 0,
+        });
+        assert_eq!(decode_agent(&encode(&batch)), Ok(batch));
         let w = ServerMessage::Error {
             code: "revoked".into(),
             message: "m".into(),

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod base64url;
 pub mod device;
+pub mod telemetry;
 pub mod url;
 
 /// Version of the operator REST API served under `/api/v1`.

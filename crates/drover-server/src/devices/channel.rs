@@ -367,6 +367,8 @@ async fn handle(
     };
     match msg {
         AgentMessage::Heartbeat {} => Ok(None),
+        // Not stored yet (issue 5): no ack, so the device keeps its buffer.
+        AgentMessage::Telemetry(_) => Ok(None),
         AgentMessage::UpdateStatus(status) => devices
             .update_status(id, &status)
             .await
