@@ -27,6 +27,7 @@ pub mod identity;
 pub mod inventory;
 pub mod session;
 pub mod state;
+pub mod supervisor;
 pub mod update;
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -57,6 +57,12 @@ enum Command {
     Run,
     /// Print this device's id and public key (for `drover devices preauthorize`).
     Key,
+    /// Run the agent (`current` version) and revert a self-update that
+    /// does not come up healthy; what systemd runs. ARGS default to `run`.
+    Supervise {
+        #[arg(last = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
@@ -117,6 +123,11 @@ fn main() -> ExitCode {
                 enroll_cmd(&config, &trust, wait).await
             }
             Command::Run => run(config).await,
+            Command::Supervise { args } => drover_agent::supervisor::run_from_cli(
+                &config,
+                explicit.then_some(cli.config.as_path()),
+                args,
+            ),
         }
     })
 }

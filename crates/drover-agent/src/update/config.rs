@@ -88,6 +88,12 @@ pub struct RootfsConfig {
     /// For `grub`: the environment block. Default `/boot/grub/grubenv`.
     pub grub_env_file: Option<PathBuf>,
     pub max_boot_attempts: u32,
+    /// For `grub`: the `grub-editenv` program. Default: `grub-editenv` in `PATH`.
+    pub grub_editenv_command: Option<PathBuf>,
+    /// For `u-boot`: the `fw_printenv` program. Default: `fw_printenv` in `PATH`.
+    pub fw_printenv_command: Option<PathBuf>,
+    /// For `u-boot`: the `fw_setenv` program. Default: `fw_setenv` in `PATH`.
+    pub fw_setenv_command: Option<PathBuf>,
 }
 
 impl Default for RootfsConfig {
@@ -99,6 +105,9 @@ impl Default for RootfsConfig {
             boot_env_file: None,
             grub_env_file: None,
             max_boot_attempts: 3,
+            grub_editenv_command: None,
+            fw_printenv_command: None,
+            fw_setenv_command: None,
         }
     }
 }

@@ -15,12 +15,16 @@
 use std::path::Path;
 
 pub mod app;
+pub mod boot;
 pub mod config;
 pub mod download;
 pub mod engine;
 pub mod health;
 pub mod installer;
 pub mod journal;
+pub mod rootfs;
+pub mod script;
+pub mod selfupdate;
 
 use config::UpdateConfig;
 use installer::Installer;
@@ -28,5 +32,14 @@ use installer::Installer;
 /// The installers this agent has, one per payload type. A payload type
 /// without one is refused with reason `unsupported_payload`.
 pub fn installers(cfg: &UpdateConfig, data_dir: &Path) -> Vec<Box<dyn Installer>> {
-    vec![Box::new(app::AppInstaller::new(cfg, data_dir))]
+    vec![
+        Box::new(app::AppInstaller::new(cfg, data_dir)),
+        Box::new(rootfs::RootfsInstaller::new(&cfg.rootfs, data_dir)),
+        Box::new(script::ScriptInstaller::new(
+            &cfg.script,
+            data_dir,
+            &cfg.device_type,
+        )),
+        Box::new(selfupdate::SelfUpdateInstaller::new(&cfg.agent, data_dir)),
+    ]
 }
