@@ -236,6 +236,36 @@ fn inside(rel: &Path) -> bool {
     true
 }
 
+/// Whether the OS error at the bottom of a (tar crate) error chain is ENOSPC.
+fn is_enospc(e: &std::io::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.raw_os_error() == Some(libc::ENOSPC) {
+                return true;
+            }
+            if let Some(inner) = io.get_ref() {
+                cur = Some(inner);
+                continue;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The messages of an error and its sources, joined.
+fn error_chain(e: &std::io::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = std::error::Error::source(e);
+    while let Some(err) = cur {
+        parts.push(err.to_string());
+        cur = err.source();
+    }
+    parts.dedup();
+    parts.join(": ")
+}
+
 fn unpack_tar(archive: &Path, into: &Path) -> Result<(), InstallError> {
     let bad = |m: String| InstallError::new("payload_invalid", m);
     let f = std::fs::File::open(archive)
@@ -293,22 +323,16 @@ fn unpack_tar(archive: &Path, into: &Path) -> Result<(), InstallError> {
             }
         }
         let unpacked = entry.unpack_in(into).map_err(|e| {
-            let ioe = std::io::Error::new(e.kind(), e.to_string());
-            // The tar crate wraps the OS error; find ENOSPC in its chain.
-            let full = std::error::Error::source(&e)
-                .and_then(|s| s.downcast_ref::<std::io::Error>())
-                .and_then(std::io::Error::raw_os_error)
-                == Some(libc::ENOSPC)
-                || e.raw_os_error() == Some(libc::ENOSPC)
-                || e.to_string().contains("No space left");
-            if full {
-                InstallError::new(
-                    "disk_full",
-                    format!("cannot unpack {}: {e}", path.display()),
-                )
+            let detail = error_chain(&e);
+            let reason = if is_enospc(&e) {
+                "disk_full"
             } else {
-                InstallError::io(&format!("cannot unpack {}", path.display()), &ioe)
-            }
+                "io_error"
+            };
+            InstallError::new(
+                reason,
+                format!("cannot unpack {}: {detail}", path.display()),
+            )
         })?;
         if !unpacked {
             return Err(bad(format!("tar entry {} was refused", path.display())));

@@ -22,9 +22,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
 
 use crate::https::{self, StreamingResponse};
 
@@ -275,8 +276,8 @@ pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
 }
 
 /// Parses `Content-Range: bytes START-END/TOTAL` (RFC 9110 §14.4).
-fn content_range(resp: &StreamingResponse) -> Option<(u64, u64, Option<u64>)> {
-    let v = resp.headers.get("content-range")?.to_str().ok()?;
+fn content_range(headers: &hyper::HeaderMap) -> Option<(u64, u64, Option<u64>)> {
+    let v = headers.get("content-range")?.to_str().ok()?;
     let rest = v.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
     let (a, b) = range.split_once('-')?;
@@ -356,7 +357,7 @@ pub async fn download(
                 have = 0;
                 ctx = ring::digest::Context::new(&ring::digest::SHA256);
             }
-            206 => match content_range(&resp) {
+            206 => match content_range(&resp.headers) {
                 Some((start, _, total)) if start == have && total.is_none_or(|t| t == size) => {}
                 other => {
                     remove(&part);
@@ -473,5 +474,41 @@ fn remove(path: &Path) {
         && e.kind() != std::io::ErrorKind::NotFound
     {
         tracing::warn!(path = %path.display(), error = %e, "cannot remove a download file");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_token_bucket_holds_the_rate_to_the_cap() {
+        // 1 MiB at 64 KiB/s: one second of burst, then 15 more seconds.
+        let mut b = Bucket::new(64 * 1024);
+        let start = Instant::now();
+        for _ in 0..64 {
+            b.take(16 * 1024).await;
+        }
+        let took = start.elapsed();
+        assert!(took >= Duration::from_secs(15), "{took:?}");
+        assert!(took < Duration::from_secs(17), "{took:?}");
+        // No cap: no waiting.
+        let mut b = Bucket::new(0);
+        let start = Instant::now();
+        b.take(1 << 30).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[test]
+    fn content_ranges_parse() {
+        let h = |v: &str| {
+            let mut headers = hyper::HeaderMap::new();
+            headers.insert("content-range", v.parse().unwrap());
+            headers
+        };
+        assert_eq!(content_range(&h("bytes 5-9/10")), Some((5, 9, Some(10))));
+        assert_eq!(content_range(&h("bytes 5-9/*")), Some((5, 9, None)));
+        assert_eq!(content_range(&h("bytes */10")), None);
+        assert_eq!(content_range(&hyper::HeaderMap::new()), None);
     }
 }
