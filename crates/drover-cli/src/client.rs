@@ -132,6 +132,158 @@ impl Client {
     }
 }
 
+/// Methods for `drover release publish`: existence checks and streamed
+/// uploads of large artifacts.
+impl Client {
+    /// `HEAD path`: `Ok(true)` on 2xx, `Ok(false)` on 404.
+    pub async fn exists(&self, path: &str) -> CliResult<bool> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .head(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| unreachable(&self.base, &e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(true);
+        }
+        if status == StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        // A HEAD answer has no body: say what the status means.
+        let (code, message) = match status {
+            StatusCode::UNAUTHORIZED => {
+                ("unauthorized", "the token was refused (401): log in again")
+            }
+            StatusCode::FORBIDDEN => ("forbidden", "the token lacks the right for this (403)"),
+            _ => ("http_error", "the server could not answer"),
+        };
+        let kind = match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Kind::Auth,
+            _ => Kind::Failed,
+        };
+        Err(CliError::new(
+            kind,
+            code,
+            format!("HEAD {path}: {message} ({status})"),
+        ))
+    }
+
+    /// `PUT path` with `len` bytes read from `file` (positioned where the
+    /// bytes start) as the body, streamed in 64 KiB chunks; `progress` is
+    /// called with each chunk's length. The time limit grows with the size
+    /// (5 min plus 1 s per 32 KiB), so only a link slower than about
+    /// 256 kbit/s on average times out.
+    pub async fn put_file<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        file: tokio::fs::File,
+        len: u64,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> CliResult<T> {
+        let url = format!("{}{path}", self.base);
+        let body = reqwest::Body::wrap(FileBody {
+            file,
+            remaining: len,
+            progress: Box::new(progress),
+        });
+        let req = self
+            .http
+            .put(&url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .timeout(Duration::from_secs(300 + len / (32 * 1024)))
+            .body(body);
+        self.finish(req).await.map(|(_, v)| v)
+    }
+
+    /// `POST path` with a JSON body, returning the status too (to tell 201
+    /// "created" from 200 "already there").
+    pub async fn post_with_status<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> CliResult<(StatusCode, T)> {
+        let url = format!("{}{path}", self.base);
+        let req = self.http.post(&url).bearer_auth(&self.token).json(body);
+        self.finish(req).await
+    }
+
+    async fn finish<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> CliResult<(StatusCode, T)> {
+        let resp = req.send().await.map_err(|e| unreachable(&self.base, &e))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| unreachable(&self.base, &e))?;
+        if status.is_success() {
+            let value = serde_json::from_slice(&bytes).map_err(|e| {
+                CliError::failed(format!("the server's answer is not what this CLI expects ({e}); are CLI and server the same version?"))
+            })?;
+            return Ok((status, value));
+        }
+        Err(api_error(status, &bytes))
+    }
+}
+
+/// A request body that reads a bounded range of a file as it is sent.
+struct FileBody {
+    file: tokio::fs::File,
+    remaining: u64,
+    progress: Box<dyn Fn(u64) + Send + Sync>,
+}
+
+impl http_body::Body for FileBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        use tokio::io::AsyncRead;
+        let this = &mut *self;
+        if this.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let want = this.remaining.min(64 * 1024) as usize;
+        let mut buf = vec![0u8; want];
+        let mut rb = tokio::io::ReadBuf::new(&mut buf);
+        match std::pin::Pin::new(&mut this.file).poll_read(cx, &mut rb) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the file ended before the artifact did",
+                    ))));
+                }
+                buf.truncate(n);
+                this.remaining -= n as u64;
+                (this.progress)(n as u64);
+                Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from(buf)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
+}
+
 fn api_error(status: StatusCode, body: &[u8]) -> CliError {
     let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
         Ok(b) => (b.error.code, b.error.message),

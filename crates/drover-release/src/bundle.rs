@@ -150,6 +150,26 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Hex SHA-256 and size of a file, read in 64 KiB chunks; `progress` is
+/// called with the bytes read so far after each chunk (for progress bars).
+pub fn sha256_file(path: &Path, progress: &mut dyn FnMut(u64)) -> io::Result<(String, u64)> {
+    let mut reader = HashingReader {
+        inner: File::open(path)?,
+        ctx: digest::Context::new(&digest::SHA256),
+        read: 0,
+    };
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => progress(reader.read),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((crate::hex(reader.ctx.finish().as_ref()), reader.read))
+}
+
 fn tar_header(size: u64, mtime: u64) -> tar::Header {
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(tar::EntryType::Regular);
@@ -654,6 +674,10 @@ mod tests {
             .unwrap();
         assert_eq!(again, b"pretend patch bytes");
         b.verify_artifacts().unwrap();
+        let mut calls = 0;
+        let (sha, size) = sha256_file(&payload.1, &mut |_| calls += 1).unwrap();
+        assert_eq!((sha, size), (payload.0.clone(), payload_bytes.len() as u64));
+        assert!(calls >= 4, "progress reported per 64 KiB chunk");
         let dest = fx.path("extracted");
         b.extract(&a, &dest).unwrap();
         assert_eq!(fs::read(&dest).unwrap(), payload_bytes);
@@ -684,10 +708,10 @@ mod tests {
 
         // Same length, other bytes: caught by hashing while copying.
         fs::write(&payload.1, b"PAYLOAD").unwrap();
-        let err = write(&out, &signed, None, &[payload.clone()]).unwrap_err();
+        let err = write(&out, &signed, None, std::slice::from_ref(&payload)).unwrap_err();
         assert_eq!(err.code(), "hash_mismatch", "{err}");
         fs::write(&payload.1, b"longer payload").unwrap();
-        let err = write(&out, &signed, None, &[payload.clone()]).unwrap_err();
+        let err = write(&out, &signed, None, std::slice::from_ref(&payload)).unwrap_err();
         assert!(err.to_string().contains("bytes but the file is"), "{err}");
         assert!(!out.exists(), "no bundle after a failed write");
         assert_eq!(
@@ -817,7 +841,7 @@ mod tests {
         let payload = fx.file("app.tar", b"payload bytes");
         let signed = SignedManifest::sign(&fx.manifest(&payload, None), &fx.release).unwrap();
         let out = fx.path("r.drover");
-        write(&out, &signed, None, &[payload.clone()]).unwrap();
+        write(&out, &signed, None, std::slice::from_ref(&payload)).unwrap();
         let a = Bundle::open(&out)
             .unwrap()
             .artifact(&payload.0)
