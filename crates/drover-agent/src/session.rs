@@ -632,6 +632,8 @@ impl Agent {
                 }
                 Ok(vec![])
             }
+            // Telemetry is not sent yet (issue 5); an ack has nothing to delete.
+            ServerMessage::TelemetryAck(_) => Ok(vec![]),
             ServerMessage::Error {
                 code,
                 message,
@@ -843,5 +845,57 @@ mod tests {
             )
             .await;
         assert!(matches!(stop, Err(SessionEnd::Stop(Stop::Refused { .. }))));
+    }
+
+    #[tokio::test]
+    async fn update_targets_without_an_engine_are_answered_updates_disabled() {
+        let mut a = agent(None);
+        let mut none = None;
+        let target = UpdateTarget {
+            deployment_id: "dep-1".into(),
+            manifest: "{}".into(),
+            key_list: None,
+            allow_downgrade: false,
+        };
+        let reply = a
+            .handle(
+                ServerMessage::Desired {
+                    revision: "r1".into(),
+                    config: Document::new(),
+                    update: Some(target),
+                },
+                &mut none,
+            )
+            .await;
+        match reply.as_deref() {
+            Ok([AgentMessage::Reported { .. }, AgentMessage::UpdateStatus(s)]) => {
+                assert_eq!(s.deployment_id, "dep-1");
+                assert_eq!(s.state, UpdateState::Failed);
+                assert_eq!(s.reason.as_deref(), Some("updates_disabled"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn update_statuses_are_resent_until_a_final_one_is_acked() {
+        let status = |state| UpdateStatus {
+            deployment_id: "d".into(),
+            release: "a@1.0.0".into(),
+            state,
+            progress: None,
+            reason: None,
+            message: None,
+        };
+        let p = |state, acked| {
+            Some(Published {
+                status: status(state),
+                acked,
+            })
+        };
+        assert!(unacked(&None).is_none());
+        assert!(unacked(&p(UpdateState::Downloading, false)).is_some());
+        assert!(unacked(&p(UpdateState::Committed, false)).is_some());
+        assert!(unacked(&p(UpdateState::Committed, true)).is_none());
     }
 }
