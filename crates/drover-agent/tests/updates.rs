@@ -736,3 +736,21 @@ async fn a_new_deployment_replaces_one_still_downloading() {
     assert_eq!(e.journal().unwrap().deployment_id, "d5");
     assert_eq!(d.current().as_deref(), Some("5.0.0"));
 }
+
+#[tokio::test]
+async fn a_damaged_journal_is_set_aside_and_the_running_version_stays() {
+    let d = Device::new();
+    d.install("d1", "1.0.0").await;
+    std::fs::write(d.update_dir().join("journal.json"), b"{ not json").unwrap();
+    let mut e = d.engine();
+    assert!(e.journal().is_none());
+    assert!(
+        files_in(&d.update_dir())
+            .iter()
+            .any(|f| f.starts_with("journal.json.damaged-")),
+        "kept for a human to look at"
+    );
+    e.offer(d.release("d2", "2.0.0", &app_script("2.0.0", 0), None));
+    assert_eq!(run_to_end(&mut e).await, UpdateState::Committed);
+    assert_eq!(d.current().as_deref(), Some("2.0.0"));
+}

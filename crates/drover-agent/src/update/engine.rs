@@ -130,6 +130,20 @@ pub fn save_roots(data: &Path, roots: &[String]) -> Result<(), String> {
     .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
+/// Renames a damaged `DATA/update/<name>` to `<name>.damaged-<ms>`.
+fn set_aside(data: &Path, name: &str, error: &str) {
+    let from = journal::update_dir(data).join(name);
+    let to = journal::update_dir(data).join(format!("{name}.damaged-{}", crate::enroll::now_ms()));
+    match std::fs::rename(&from, &to) {
+        Ok(()) => {
+            tracing::error!(%error, kept = %to.display(), "update journal damaged; set aside, starting afresh")
+        }
+        Err(e) => {
+            tracing::error!(%error, rename_error = %e, "update journal damaged and cannot be set aside")
+        }
+    }
+}
+
 fn now_secs() -> i64 {
     crate::enroll::now_ms() / 1000
 }
@@ -157,8 +171,16 @@ impl Engine {
     /// Opens the engine from what `DATA/update` holds.
     pub fn open(parts: EngineParts) -> Result<Engine, String> {
         let roots = load_roots(&parts.config, &parts.data_dir)?;
-        let journal = Journal::load(&parts.data_dir)?;
-        let installed = Installed::load(&parts.data_dir)?;
+        // A damaged journal must not stop the agent (the device would become
+        // unmanageable): keep it aside for a human and start afresh.
+        let journal = Journal::load(&parts.data_dir).unwrap_or_else(|e| {
+            set_aside(&parts.data_dir, journal::JOURNAL_FILE, &e);
+            None
+        });
+        let installed = Installed::load(&parts.data_dir).unwrap_or_else(|e| {
+            set_aside(&parts.data_dir, journal::INSTALLED_FILE, &e);
+            Installed::default()
+        });
         let (status_tx, _) = watch::channel(None);
         let mut e = Engine {
             data: parts.data_dir,
