@@ -52,6 +52,7 @@ fn the_real_agent_binary_installs_activates_and_commits() {
     let installer = |running: &str| SelfUpdateInstaller {
         dir: dir.clone(),
         healthy_within_secs: 45,
+        health_timeout_secs: 10,
         running_version: running.into(),
         supervised: true,
         check_version: true,
@@ -73,7 +74,11 @@ fn the_real_agent_binary_installs_activates_and_commits() {
     assert_eq!(previous_version(&dir).as_deref(), Some("0.0.1"));
     let trial = read_trial(&dir).unwrap();
     assert_eq!(trial.version, version);
-    assert_eq!(trial.healthy_within_secs, 45);
+    assert_eq!(
+        trial.healthy_within_secs,
+        10 + 60,
+        "the health checks' timeout and a margin"
+    );
 
     // After the supervisor started the new binary.
     let running_new = installer(version);

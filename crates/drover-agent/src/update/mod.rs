@@ -40,6 +40,6 @@ pub fn installers(cfg: &UpdateConfig, data_dir: &Path) -> Vec<Box<dyn Installer>
             data_dir,
             &cfg.device_type,
         )),
-        Box::new(selfupdate::SelfUpdateInstaller::new(&cfg.agent, data_dir)),
+        Box::new(selfupdate::SelfUpdateInstaller::new(cfg, data_dir)),
     ]
 }

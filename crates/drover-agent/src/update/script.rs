@@ -563,13 +563,20 @@ esac
             .trim()
             .parse()
             .unwrap();
-        // The background `sleep` was in the module's process group: gone
-        // (or a zombie about to be reaped by init).
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        assert!(
-            stat.is_empty() || stat.contains(") Z "),
-            "the module's child still runs: {stat}"
-        );
+        // The background `sleep` was in the module's process group: it dies
+        // (SIGKILL lands asynchronously; a zombie awaits its reaping).
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.is_empty() || stat.contains(") Z ") {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "the module's child still runs: {stat}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::config::SelfUpdateConfig;
+use super::config::UpdateConfig;
 use super::installer::{Activation, InstallContext, InstallError, Installer};
 use super::script::{RunError, run_bounded, stderr_tail};
 
@@ -32,6 +32,9 @@ pub const HEALTHY_FILE: &str = "healthy.json";
 pub const REVERTED_FILE: &str = "reverted.json";
 /// Default time a new agent has to report healthy.
 pub const DEFAULT_HEALTHY_WITHIN_SECS: u64 = 120;
+/// The trial window exceeds the release's health check timeout by this
+/// much, so the checks can finish and the commit land before it ends.
+pub const TRIAL_MARGIN_SECS: u64 = 60;
 /// Set by the supervisor in its child's environment.
 pub const SUPERVISED_ENV: &str = "DROVER_AGENT_SUPERVISED";
 const VERSION_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -161,6 +164,11 @@ pub fn take_revert_report(dir: &Path) -> Option<RevertReport> {
     report
 }
 
+/// The supervisor's report, left in place.
+pub fn peek_revert_report(dir: &Path) -> Option<RevertReport> {
+    read_json(&dir.join(REVERTED_FILE))
+}
+
 /// Puts the previous version back after a failed trial: the report first,
 /// then `current`, then the trial ends. Repeating it after a crash
 /// completes it.
@@ -208,7 +216,11 @@ pub fn finish_interrupted_revert(dir: &Path) -> std::io::Result<()> {
 
 pub struct SelfUpdateInstaller {
     pub dir: PathBuf,
+    /// The least trial window (`[update.agent] healthy_within_secs`).
     pub healthy_within_secs: u64,
+    /// Health check timeout when a release sets none
+    /// (`[update] health_timeout_secs`).
+    pub health_timeout_secs: u64,
     /// The version of the running agent ([`crate::AGENT_VERSION`]).
     pub running_version: String,
     /// Whether this agent runs under `drover-agent supervise`; a self-update
@@ -220,17 +232,35 @@ pub struct SelfUpdateInstaller {
 }
 
 impl SelfUpdateInstaller {
-    pub fn new(cfg: &SelfUpdateConfig, data_dir: &Path) -> SelfUpdateInstaller {
+    pub fn new(cfg: &UpdateConfig, data_dir: &Path) -> SelfUpdateInstaller {
         SelfUpdateInstaller {
-            dir: cfg.dir.clone().unwrap_or_else(|| data_dir.join("agent")),
+            dir: cfg
+                .agent
+                .dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("agent")),
             healthy_within_secs: cfg
+                .agent
                 .healthy_within_secs
                 .unwrap_or(DEFAULT_HEALTHY_WITHIN_SECS)
                 .max(1),
+            health_timeout_secs: cfg.health_timeout_secs,
             running_version: crate::AGENT_VERSION.to_string(),
             supervised: std::env::var_os(SUPERVISED_ENV).is_some(),
             check_version: true,
         }
+    }
+
+    /// How long the new agent has: the configured window, but at least
+    /// the release's health checks plus [`TRIAL_MARGIN_SECS`], since the
+    /// trial ends with the commit that follows them.
+    pub fn trial_window_secs(&self, manifest: &drover_release::Manifest) -> u64 {
+        let health = manifest
+            .health
+            .as_ref()
+            .map_or(self.health_timeout_secs, |h| h.timeout_secs);
+        self.healthy_within_secs
+            .max(health.saturating_add(TRIAL_MARGIN_SECS))
     }
 
     fn io(&self, what: &str, e: &std::io::Error) -> InstallError {
@@ -331,13 +361,14 @@ impl Installer for SelfUpdateInstaller {
         };
         // Trial first: a crash before the switch leaves the old agent
         // running, a crash after it leaves a guarded trial.
+        let window = self.trial_window_secs(ctx.manifest);
         write_trial(
             &self.dir,
             &Trial {
                 version: version.to_string(),
                 previous: previous.clone(),
-                healthy_within_secs: self.healthy_within_secs,
-                deadline_unix_secs: now_unix() + self.healthy_within_secs,
+                healthy_within_secs: window,
+                deadline_unix_secs: now_unix() + window,
             },
         )
         .map_err(|e| self.io("cannot write trial.json", &e))?;
@@ -350,8 +381,36 @@ impl Installer for SelfUpdateInstaller {
         Ok(Activation::AgentRestartRequired)
     }
 
+    /// Whether the new agent runs. When the supervisor reverted it, its
+    /// report becomes the error (`agent_crashed` / `agent_not_healthy`).
     fn confirm_activated(&self, ctx: &InstallContext<'_>) -> Result<bool, InstallError> {
-        Ok(self.running_version == ctx.manifest.version)
+        let version = ctx.manifest.version.as_str();
+        if self.running_version == version {
+            return Ok(true);
+        }
+        match peek_revert_report(&self.dir) {
+            Some(r) if r.version == version => {
+                let reason = if r.reason == "agent_not_healthy" {
+                    "agent_not_healthy"
+                } else {
+                    "agent_crashed"
+                };
+                Err(InstallError::new(
+                    reason,
+                    format!(
+                        "the supervisor reverted agent {version} to {}: {} ({})",
+                        r.restored.as_deref().unwrap_or("the built-in agent"),
+                        if reason == "agent_crashed" {
+                            "it exited during its trial"
+                        } else {
+                            "it did not report healthy in time"
+                        },
+                        r.exit_status.as_deref().unwrap_or("no exit status")
+                    ),
+                ))
+            }
+            _ => Ok(false),
+        }
     }
 
     fn commit(&self, ctx: &InstallContext<'_>) -> Result<(), InstallError> {
@@ -399,6 +458,10 @@ impl Installer for SelfUpdateInstaller {
                 .map_err(|e| self.io("cannot remove trial.json", &e))?;
             remove_if_exists(&self.dir.join(HEALTHY_FILE))
                 .map_err(|e| self.io("cannot remove healthy.json", &e))?;
+        }
+        if peek_revert_report(&self.dir).is_some_and(|r| r.version == version) {
+            // Reported through confirm_activated; rolled back now.
+            take_revert_report(&self.dir);
         }
         Ok(if self.running_version == version {
             Activation::AgentRestartRequired
@@ -460,6 +523,7 @@ mod tests {
             SelfUpdateInstaller {
                 dir: self.dir.path().join("agent"),
                 healthy_within_secs: 30,
+                health_timeout_secs: 120,
                 running_version: running.into(),
                 supervised: true,
                 check_version: true,
@@ -624,6 +688,12 @@ mod tests {
             "no previous: the supervisor's own binary"
         );
         assert!(read_trial(&agent).is_none());
+        let e = f
+            .installer("1.0.0")
+            .confirm_activated(&f.ctx())
+            .unwrap_err();
+        assert_eq!(e.reason, "agent_crashed");
+        assert!(e.message.contains("exit status: 1"), "{e}");
         let taken = take_revert_report(&agent).unwrap();
         assert_eq!(
             (taken.version.as_str(), taken.reason.as_str()),
