@@ -251,7 +251,7 @@ fn watch(
             let still =
                 selfupdate::read_trial(&opts.dir).is_some_and(|now| now.version == t.version);
             if !still || selfupdate::is_healthy(&opts.dir, &t.version) {
-                tracing::info!(version = %t.version, "the new agent is healthy");
+                tracing::info!(version = %t.version, "the trial ended: healthy, committed or rolled back");
                 trial = None;
             } else if !stopping && deadline.is_some_and(|d| Instant::now() >= d) {
                 let status = terminate(child, opts.stop_grace, opts.poll);
