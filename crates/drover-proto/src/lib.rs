@@ -7,6 +7,7 @@
 pub mod api;
 pub mod base64url;
 pub mod device;
+pub mod metrics;
 pub mod telemetry;
 pub mod url;
 

@@ -16,6 +16,7 @@ mod devices;
 mod enroll_tokens;
 mod extract;
 mod groups;
+mod metrics;
 mod middleware;
 mod releases;
 mod system;
@@ -257,6 +258,9 @@ fn api_routes() -> OpenApiRouter<AppState> {
             releases::list_deployments
         ))
         .routes(routes!(releases::show_deployment))
+        .routes(routes!(metrics::query))
+        .routes(routes!(metrics::device_metrics))
+        .routes(routes!(metrics::device_events))
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {

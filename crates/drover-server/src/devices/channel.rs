@@ -367,8 +367,13 @@ async fn handle(
     };
     match msg {
         AgentMessage::Heartbeat {} => Ok(None),
-        // Not stored yet (issue 5): no ack, so the device keeps its buffer.
-        AgentMessage::Telemetry(_) => Ok(None),
+        AgentMessage::Telemetry(batch) => match devices.ingest_telemetry(id, &batch).await {
+            Ok(ack) => Ok(Some(ServerMessage::TelemetryAck(ack))),
+            Err(crate::devices::telemetry::IngestError::Batch(e)) => {
+                Err(("bad_telemetry", e.to_string()))
+            }
+            Err(crate::devices::telemetry::IngestError::Store(e)) => Err(unavailable(e)),
+        },
         AgentMessage::UpdateStatus(status) => devices
             .update_status(id, &status)
             .await

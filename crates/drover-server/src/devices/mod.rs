@@ -13,6 +13,7 @@
 pub mod channel;
 pub mod enrollment;
 pub mod registry;
+pub mod telemetry;
 pub mod updates;
 
 use std::sync::Arc;
@@ -69,6 +70,8 @@ pub struct Devices {
     groups: std::sync::RwLock<Option<Arc<Vec<GroupRecord>>>>,
     /// Each device's release target, cached the same way (see [`updates`]).
     targets: std::sync::RwLock<Option<Arc<updates::Targets>>>,
+    /// Telemetry checks, the ingestion queue and its writer (see [`telemetry`]).
+    pub telemetry: telemetry::Ingest,
 }
 
 /// A device's effective desired configuration and where it came from.
@@ -145,6 +148,7 @@ impl Devices {
             shutting_down: Default::default(),
             groups: Default::default(),
             targets: Default::default(),
+            telemetry: telemetry::Ingest::new(Default::default()),
         }
     }
 

@@ -11,11 +11,13 @@
 
 mod releases;
 pub mod sql;
+pub mod telemetry;
 
 pub use releases::{
     ArtifactRecord, DeploymentDeviceRecord, DeploymentRecord, ReleaseRecord, ReleaseStore,
     UpdateStatusRecord,
 };
+pub use telemetry::{TelemetrySettings, TelemetryStore};
 
 use async_trait::async_trait;
 use drover_proto::api::{AuditOutcome, Role};
@@ -288,7 +290,7 @@ pub enum Change {
 
 /// Everything the control plane keeps.
 #[async_trait]
-pub trait Store: ReleaseStore + Send + Sync + 'static {
+pub trait Store: ReleaseStore + TelemetryStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Cheap round trip to the database, for `/healthz`.

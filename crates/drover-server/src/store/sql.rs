@@ -349,6 +349,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0003_releases.sql"),
         include_str!("../../migrations/postgres/0003_releases.sql"),
     ),
+    (
+        4,
+        "telemetry",
+        include_str!("../../migrations/sqlite/0004_telemetry.sql"),
+        include_str!("../../migrations/postgres/0004_telemetry.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {
@@ -780,3 +786,4 @@ impl Store for SqlStore {
 
 // After the macros above, which it uses.
 mod releases;
+mod telemetry;
