@@ -312,8 +312,11 @@ impl Agent {
             u.statuses()
         });
         // The latest update status again, until a final one is acked.
-        if let Some(rx) = &mut statuses
-            && let Some(msg) = unacked(&rx.borrow_and_update())
+        // (The watch guard must be dropped before awaiting: it is not Send.)
+        let pending = statuses
+            .as_mut()
+            .and_then(|rx| unacked(&rx.borrow_and_update()));
+        if let Some(msg) = pending
             && let Err(e) = ws.send(Message::Binary(encode(&msg).into())).await
         {
             return SessionEnd::Retry(format!("cannot send the update status: {e}"), false);
@@ -407,10 +410,16 @@ impl Agent {
                         continue;
                     }
                     let msg = statuses.as_mut().and_then(|rx| unacked(&rx.borrow_and_update()));
+                    let finished = matches!(&msg, Some(AgentMessage::UpdateStatus(u)) if u.state.is_final());
                     if let Some(msg) = msg
                         && let Err(e) = ws.send(Message::Binary(encode(&msg).into())).await
                     {
                         return SessionEnd::Retry(format!("send failed: {e}"), was_up(connected_at));
+                    }
+                    if finished {
+                        // What the device runs changed: report the
+                        // `update.*` inventory keys now, not at the next tick.
+                        inventory_tick.reset_immediately();
                     }
                 }
                 _ = inventory_tick.tick() => {

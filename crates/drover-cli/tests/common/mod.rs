@@ -239,7 +239,11 @@ pub fn agent_bin() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
         let bin = Path::new(DROVER).with_file_name("drover-agent");
-        if !bin.exists() {
+        // Cargo builds `drover` for these tests but not the other package's
+        // binary: build it (a no-op when fresh) so tests never run a stale
+        // agent. DROVER_TEST_AGENT_PREBUILT=1 skips this when the caller
+        // built everything (scripts/test.sh).
+        if !bin.exists() || std::env::var_os("DROVER_TEST_AGENT_PREBUILT").is_none() {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
                 .args(["build", "-p", "drover-agent", "--bin", "drover-agent"])

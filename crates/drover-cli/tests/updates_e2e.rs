@@ -1,0 +1,249 @@
+//! Updates end to end with real processes: a `drover server`, three
+//! `drover-agent run` processes with the `app` installer, and the `drover`
+//! CLI building, signing, publishing and deploying releases.
+//!
+//! A good release is committed on every device; a broken one (the new app
+//! crashes at start) is rolled back by every device on its own, the old
+//! version keeps running, and the server shows the reason.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{AgentProc, Cli, enroll_token, failure, start_server, wait_for};
+use serde_json::Value;
+
+const APP: &str = "kiosk";
+
+/// An `app` payload: a script the restart command runs; `exit_code` 0 is a
+/// healthy start.
+fn app_script(dir: &Path, version: &str, exit_code: i32) -> std::path::PathBuf {
+    let path = dir.join(format!("{APP}-{version}"));
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\n# kiosk {version}\necho \"started {version}\" >> \"$DROVER_APP_DIR/../starts.log\"\nexit {exit_code}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn agent_toml(apps: &Path, root_pub: &str) -> String {
+    format!(
+        r#"
+[update]
+device_type = "e2e-box"
+release_root_keys = ["{root_pub}"]
+min_free_bytes = 0
+health_timeout_secs = 20
+
+[update.app]
+root = {apps:?}
+restart_command = ["/bin/sh", "-c", "exec \"$DROVER_APP_DIR/$DROVER_APP_NAME\""]
+restart_timeout_secs = 20
+"#
+    )
+}
+
+fn current_version(apps: &Path) -> Option<String> {
+    let target = std::fs::read_link(apps.join(APP).join("current")).ok()?;
+    Some(target.file_name()?.to_string_lossy().to_string())
+}
+
+fn build(cli: &Cli, dir: &Path, version: &str, payload: &Path, extra: &[&str]) -> String {
+    let out = dir.join(format!("{APP}-{version}.drover"));
+    let key = dir.join("release.key");
+    let keys = dir.join("keys.json");
+    let payload_spec = format!("app:{}", payload.display());
+    let mut args = vec![
+        "release",
+        "build",
+        "--name",
+        APP,
+        "--version",
+        version,
+        "--device-type",
+        "e2e-box",
+        "--payload",
+        &payload_spec,
+        "--provenance",
+        "commit=0123abc,build=e2e-1",
+        "--key",
+        key.to_str().unwrap(),
+        "--key-list",
+        keys.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    cli.json(&args);
+    out.to_string_lossy().to_string()
+}
+
+#[test]
+fn a_signed_release_is_committed_everywhere_and_a_broken_one_rolls_back_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = start_server(&d.join("server"), None, &[]);
+    let cli = Cli::new();
+    cli.login(&server, &server.admin_token());
+
+    // Keys, offline: a root the devices trust and a release key it vouches for.
+    let root = cli.json(&[
+        "release",
+        "keygen",
+        "--root",
+        "-o",
+        d.join("root.key").to_str().unwrap(),
+    ]);
+    let root_pub = root["public_key"]
+        .as_str()
+        .expect("keygen prints the public key")
+        .to_string();
+    cli.json(&[
+        "release",
+        "keygen",
+        "-o",
+        d.join("release.key").to_str().unwrap(),
+    ]);
+    cli.json(&[
+        "release",
+        "keys",
+        "sign",
+        "--root-key",
+        d.join("root.key").to_str().unwrap(),
+        "--key",
+        d.join("release.key.pub").to_str().unwrap(),
+        "--version",
+        "1",
+        "-o",
+        d.join("keys.json").to_str().unwrap(),
+    ]);
+
+    // Three devices: one trusts the root from its config, two from the token.
+    let token = enroll_token(
+        &cli,
+        &[
+            "--tag",
+            "site=e2e",
+            "--release-root",
+            d.join("root.key.pub").to_str().unwrap(),
+        ],
+    );
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        let apps = d.join(format!("apps{i}"));
+        let toml = if i == 0 {
+            agent_toml(&apps, &root_pub)
+        } else {
+            agent_toml(&apps, &root_pub)
+                .replace(&format!("release_root_keys = [\"{root_pub}\"]\n"), "")
+        };
+        let mut a = AgentProc::new(d, &format!("dev{i}"), &toml);
+        let out = a.enroll_with(&token);
+        assert!(
+            out.status.success(),
+            "enroll: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        a.start();
+        agents.push((a, apps));
+    }
+    for (a, _) in &agents {
+        let id = a.device_id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while common::device(&cli, &id)["connection"] != "online" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "device {id} did not come online: {}",
+                a.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    cli.json(&["groups", "create", "lobby", "--query", "tag.site = \"e2e\""]);
+
+    // Release 1.0.0: starts fine, and a health command passes.
+    let v1 = build(
+        &cli,
+        d,
+        "1.0.0",
+        &app_script(d, "1.0.0", 0),
+        &["--health", "command=/bin/true", "--health-timeout", "20"],
+    );
+    let published = cli.json(&["release", "publish", &v1]);
+    assert_eq!(published["id"], "kiosk@1.0.0", "{published}");
+    let dep: Value = cli.json(&["deploy", "kiosk@1.0.0", "--group", "lobby", "--wait", "120"]);
+    let devices = dep["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 3, "{dep}");
+    for x in devices {
+        assert_eq!(x["state"], "committed", "{dep}");
+    }
+    for (a, apps) in &agents {
+        assert_eq!(
+            current_version(apps).as_deref(),
+            Some("1.0.0"),
+            "{}",
+            a.log_text()
+        );
+        let id = a.device_id();
+        // Traceability: the device reports what it runs.
+        wait_for(
+            "installed version in the inventory",
+            Duration::from_secs(30),
+            || {
+                let dev = common::device(&cli, &id);
+                (dev["inventory"]["update.kiosk.version"] == "1.0.0").then_some(())
+            },
+        );
+    }
+
+    // Release 1.1.0: the new app exits 1 at start. Every device rolls back by itself.
+    let v2 = build(&cli, d, "1.1.0", &app_script(d, "1.1.0", 1), &[]);
+    cli.json(&["release", "publish", &v2]);
+    let out = cli.run(&[
+        "deploy",
+        "kiosk@1.1.0",
+        "--group",
+        "lobby",
+        "--wait",
+        "120",
+        "--json",
+    ]);
+    let (code, stderr) = failure(&out);
+    assert_eq!(
+        code, 1,
+        "deploy --wait fails when devices did not commit: {stderr}"
+    );
+    assert!(stderr.contains("did not commit"), "{stderr}");
+    let dep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for x in dep["devices"].as_array().unwrap() {
+        assert_eq!(x["state"], "rolled_back", "{dep}");
+        assert_eq!(x["reason"], "restart_failed", "{dep}");
+    }
+    for (a, apps) in &agents {
+        assert_eq!(
+            current_version(apps).as_deref(),
+            Some("1.0.0"),
+            "the old version runs again: {}",
+            a.log_text()
+        );
+        assert!(
+            apps.join(APP).join("1.0.0").join(APP).exists(),
+            "nothing of 1.0.0 is lost"
+        );
+        let starts = std::fs::read_to_string(apps.join(APP).join("starts.log")).unwrap();
+        assert!(
+            starts.contains("started 1.1.0"),
+            "the new app was tried: {starts}"
+        );
+        assert!(
+            starts.trim_end().ends_with("started 1.0.0"),
+            "and the old one restarted after it: {starts}"
+        );
+    }
+    let show = cli.json(&["deployments", "show", dep["id"].as_str().unwrap()]);
+    assert_eq!(show["counts"]["rolled_back"], 3, "{show}");
+}
