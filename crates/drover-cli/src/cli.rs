@@ -117,6 +117,18 @@ pub struct SimArgs {
     /// Reconnect backoff cap in seconds.
     #[arg(long, default_value_t = 30)]
     pub reconnect_max_secs: u64,
+    /// Run a real update engine (with the `app` installer) in each device,
+    /// keeping each device's update state and installed apps under
+    /// DIR/sim-NNNNN. Without it, devices answer updates `updates_disabled`.
+    #[arg(long, value_name = "DIR")]
+    pub updates_dir: Option<PathBuf>,
+    /// Device type the simulated devices report for updates.
+    #[arg(long, default_value = "drover-sim")]
+    pub device_type: String,
+    /// Release root public key the simulated devices trust (`ed25519:…`,
+    /// repeatable); roots in the enrollment token are trusted too.
+    #[arg(long = "release-root", value_name = "KEY")]
+    pub release_roots: Vec<String>,
 }
 
 #[derive(Debug, Args)]

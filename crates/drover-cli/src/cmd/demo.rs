@@ -101,6 +101,9 @@ pub async fn run(args: DemoArgs, json: bool) -> CliResult<()> {
             concurrency: 16,
             spread_addresses: true,
             reconnect_max_secs: 10,
+            updates_dir: None,
+            device_type: "drover-sim".into(),
+            release_roots: vec![],
         };
         fleets.push(super::sim::start_fleet(&token, &sim, !json).await?);
     }

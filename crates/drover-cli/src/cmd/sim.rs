@@ -88,6 +88,49 @@ async fn enrollment_token(args: &SimArgs, g: &GlobalArgs) -> CliResult<Enrollmen
     EnrollmentToken::decode(&created.token).map_err(CliError::failed)
 }
 
+/// A real update engine for simulated device `i`: its own data folder, the
+/// `app` installer (no restart command), downloads over the device's mTLS.
+fn sim_update_engine(
+    dir: &std::path::Path,
+    i: u64,
+    identity: &Identity,
+    bind: Option<std::net::IpAddr>,
+    args: &SimArgs,
+    token: &EnrollmentToken,
+) -> CliResult<drover_agent::update::engine::UpdateHandle> {
+    use drover_agent::update::config::UpdateConfig;
+    use drover_agent::update::download::MtlsSource;
+    use drover_agent::update::engine::{EngineParts, UpdateHandle};
+    let data = dir.join(format!("sim-{i:05}"));
+    drover_server::fsutil::ensure_dir(&data, 0o700)
+        .map_err(|e| CliError::failed(format!("{}: {e}", data.display())))?;
+    let mut roots = args.release_roots.clone();
+    roots.extend(token.release_roots.iter().cloned());
+    let config = UpdateConfig {
+        device_type: args.device_type.clone(),
+        release_root_keys: roots,
+        min_free_bytes: 0,
+        ..Default::default()
+    };
+    let id = identity.clone();
+    let parts = EngineParts {
+        installers: vec![Box::new(drover_agent::update::app::AppInstaller::new(
+            &config, &data,
+        ))],
+        data_dir: data,
+        config,
+        source: Arc::new(MtlsSource {
+            url: identity.server.url.clone(),
+            tls: Box::new(move || id.tls()),
+            bind,
+        }),
+        connected: watch::channel(false).1,
+        proc_dir: "/proc".into(),
+    };
+    UpdateHandle::spawn(parts, vec![])
+        .map_err(|e| CliError::failed(format!("simulated device {i}: {e}")))
+}
+
 /// Enrolls `n` devices and starts them. Returns once all are enrolled.
 pub async fn start_fleet(
     token: &EnrollmentToken,
@@ -205,6 +248,11 @@ pub async fn start_fleet(
             ("os.id".to_string(), "drover-sim".to_string()),
         ]
         .into();
+        let update = match &args.updates_dir {
+            Some(dir) => Some(sim_update_engine(dir, i, &identity, bind, args, token)?),
+            // Without it, simulated devices answer updates `updates_disabled`.
+            None => None,
+        };
         let mut agent = Agent {
             identity,
             applier: Applier::Simulated,
@@ -219,8 +267,7 @@ pub async fn start_fleet(
             ),
             renew_at_fraction_left: 1.0 / 3.0,
             stats: st,
-            // Simulated devices answer update targets `updates_disabled`.
-            update: None,
+            update,
         };
         let mut global = global_stop.subscribe();
         tasks.spawn(async move {
