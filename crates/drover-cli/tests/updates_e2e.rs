@@ -247,3 +247,139 @@ fn a_signed_release_is_committed_everywhere_and_a_broken_one_rolls_back_on_its_o
     let show = cli.json(&["deployments", "show", dep["id"].as_str().unwrap()]);
     assert_eq!(show["counts"]["rolled_back"], 3, "{show}");
 }
+
+/// A real ELF "agent" that answers `--version` like a release 9.9.9 and
+/// exits 1 at once when run as the daemon.
+fn broken_agent_binary(dir: &Path) -> std::path::PathBuf {
+    let src = dir.join("broken.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\n#include <string.h>\nint main(int c, char **v) {\n  if (c > 1 && strcmp(v[1], \"--version\") == 0) { puts(\"drover-agent 9.9.9\"); return 0; }\n  fputs(\"broken agent: exiting at once\\n\", stderr);\n  return 1;\n}\n",
+    )
+    .unwrap();
+    let bin = dir.join("drover-agent-9.9.9");
+    let out = std::process::Command::new("cc")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .expect("run cc");
+    assert!(
+        out.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bin
+}
+
+#[test]
+fn a_self_update_to_an_agent_that_exits_at_once_is_reverted_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = start_server(&d.join("server"), None, &[]);
+    let cli = Cli::new();
+    cli.login(&server, &server.admin_token());
+    let root = cli.json(&[
+        "release",
+        "keygen",
+        "--root",
+        "-o",
+        d.join("root.key").to_str().unwrap(),
+    ]);
+    let root_pub = root["public_key"].as_str().unwrap().to_string();
+    let token = enroll_token(&cli, &[]);
+
+    let agent_dir = d.join("agent-versions");
+    let toml = format!(
+        r#"
+[update]
+device_type = "e2e-box"
+release_root_keys = ["{root_pub}"]
+min_free_bytes = 0
+health_timeout_secs = 15
+
+[update.agent]
+dir = {agent_dir:?}
+healthy_within_secs = 15
+"#
+    );
+    let mut a = AgentProc::new(d, "dev", &toml);
+    let out = a.enroll_with(&token);
+    assert!(
+        out.status.success(),
+        "enroll: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What systemd runs: the supervisor, which runs `drover-agent run`.
+    let log = std::fs::File::create(&a.log).unwrap();
+    a.child = Some(
+        std::process::Command::new(common::agent_bin())
+            .arg("--config")
+            .arg(&a.config)
+            .arg("supervise")
+            .env("DROVER_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let id = a.device_id();
+    wait_for("device online", Duration::from_secs(30), || {
+        (common::device(&cli, &id)["connection"] == "online").then_some(())
+    });
+
+    let bin = broken_agent_binary(d);
+    let bundle = d.join("agent-9.9.9.drover");
+    cli.json(&[
+        "release",
+        "build",
+        "--name",
+        "drover-agent",
+        "--version",
+        "9.9.9",
+        "--device-type",
+        "e2e-box",
+        "--payload",
+        &format!("agent:{}", bin.display()),
+        "--key",
+        d.join("root.key").to_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+    ]);
+    cli.json(&["release", "publish", bundle.to_str().unwrap()]);
+    let out = cli.run(&[
+        "deploy",
+        "drover-agent@9.9.9",
+        "--device",
+        &id,
+        "--wait",
+        "120",
+        "--json",
+    ]);
+    let dep: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "deploy: {} {}",
+            String::from_utf8_lossy(&out.stderr),
+            a.log_text()
+        )
+    });
+    let x = &dep["devices"][0];
+    assert_eq!(x["state"], "rolled_back", "{dep}\n{}", a.log_text());
+    assert_eq!(x["reason"], "agent_crashed", "{dep}");
+    // The old agent is back: connected, and it still runs the old version.
+    wait_for("device online again", Duration::from_secs(30), || {
+        (common::device(&cli, &id)["connection"] == "online").then_some(())
+    });
+    assert_eq!(
+        common::device(&cli, &id)["agent_version"],
+        env!("CARGO_PKG_VERSION"),
+        "{}",
+        a.log_text()
+    );
+    assert!(
+        a.log_text().contains("broken agent: exiting at once"),
+        "the new one was tried: {}",
+        a.log_text()
+    );
+}
