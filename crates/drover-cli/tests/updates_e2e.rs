@@ -82,6 +82,29 @@ fn build(cli: &Cli, dir: &Path, version: &str, payload: &Path, extra: &[&str]) -
     out.to_string_lossy().to_string()
 }
 
+/// A release key, vouched for by the root in DIR/root.key through a key list.
+fn release_keys(cli: &Cli, d: &Path) {
+    cli.json(&[
+        "release",
+        "keygen",
+        "-o",
+        d.join("release.key").to_str().unwrap(),
+    ]);
+    cli.json(&[
+        "release",
+        "keys",
+        "sign",
+        "--root-key",
+        d.join("root.key").to_str().unwrap(),
+        "--key",
+        d.join("release.key.pub").to_str().unwrap(),
+        "--version",
+        "1",
+        "-o",
+        d.join("keys.json").to_str().unwrap(),
+    ]);
+}
+
 #[test]
 fn a_signed_release_is_committed_everywhere_and_a_broken_one_rolls_back_on_its_own() {
     let dir = tempfile::tempdir().unwrap();
@@ -381,5 +404,102 @@ healthy_within_secs = 15
         a.log_text().contains("broken agent: exiting at once"),
         "the new one was tried: {}",
         a.log_text()
+    );
+}
+
+/// `drover_artifact_bytes_served_total` from the server's /metrics.
+fn bytes_served(server: &common::ServerProc) -> u64 {
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "--cacert"])
+        .arg(server.ca())
+        .arg(format!("{}/metrics", server.url()))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("drover_artifact_bytes_served_total "))
+        .map(|v| v.trim().parse::<f64>().unwrap() as u64)
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_agent_killed_mid_download_resumes_where_it_stopped_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = start_server(&d.join("server"), None, &[]);
+    let cli = Cli::new();
+    cli.login(&server, &server.admin_token());
+    let root = cli.json(&[
+        "release",
+        "keygen",
+        "--root",
+        "-o",
+        d.join("root.key").to_str().unwrap(),
+    ]);
+    let root_pub = root["public_key"].as_str().unwrap().to_string();
+    let token = enroll_token(&cli, &[]);
+    let apps = d.join("apps");
+    // 1 MiB/s: the 3 MiB payload takes about three seconds.
+    let toml = agent_toml(&apps, &root_pub).replace(
+        "min_free_bytes = 0",
+        "min_free_bytes = 0\nmax_download_bytes_per_sec = 1048576",
+    );
+    let mut a = AgentProc::new(d, "dev", &toml);
+    assert!(a.enroll_with(&token).status.success());
+    a.start();
+    let id = a.device_id();
+    wait_for("device online", Duration::from_secs(30), || {
+        (common::device(&cli, &id)["connection"] == "online").then_some(())
+    });
+
+    // A 3 MiB app: a shell script padded with a comment of random-ish bytes.
+    let size = 3 << 20;
+    let mut body = b"#!/bin/sh\nexit 0\n# ".to_vec();
+    let mut x: u32 = 12345;
+    while body.len() < size {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        body.push(b'a' + (x >> 16) as u8 % 26);
+    }
+    let payload = d.join("kiosk-big");
+    std::fs::write(&payload, &body).unwrap();
+    release_keys(&cli, d);
+    let bundle = build(&cli, d, "2.0.0", &payload, &[]);
+    cli.json(&["release", "publish", &bundle]);
+    let dep = cli.json(&["deploy", "kiosk@2.0.0", "--device", &id]);
+    let dep_id = dep["id"].as_str().unwrap().to_string();
+
+    // Kill -9 once a good part of the payload is on disk.
+    let part = a
+        .data
+        .join("update")
+        .join(format!("{}.part", drover_release::sha256_hex(&body)));
+    wait_for("a partial download", Duration::from_secs(30), || {
+        std::fs::metadata(&part)
+            .ok()
+            .filter(|m| m.len() >= (1 << 20))
+            .map(|_| ())
+    });
+    a.kill9();
+    let had = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        had > 0 && had < size as u64,
+        "killed mid-way: {had} of {size} bytes"
+    );
+    let served_before = bytes_served(&server);
+    a.start();
+    let show = cli.json(&["deployments", "show", &dep_id, "--wait", "60"]);
+    assert_eq!(
+        show["devices"][0]["state"],
+        "committed",
+        "{show}\n{}",
+        a.log_text()
+    );
+    assert_eq!(current_version(&apps).as_deref(), Some("2.0.0"));
+    let installed = std::fs::read(apps.join(APP).join("2.0.0").join(APP)).unwrap();
+    assert!(installed == body, "the installed payload is byte-identical");
+    let after_restart = bytes_served(&server) - served_before;
+    assert!(
+        after_restart <= size as u64 - had + (256 << 10),
+        "the restarted agent fetched only the rest ({after_restart} bytes after having {had} of {size})"
     );
 }
