@@ -204,10 +204,14 @@ impl Artifacts {
     }
 }
 
+/// A `Range` header that cannot be satisfied: answer 416.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsatisfiable;
+
 /// Parses a `Range` header against an artifact of `size` bytes. `Ok(None)`:
-/// no (usable) range, serve everything; `Err(())`: unsatisfiable (416).
+/// no (usable) range, serve everything; `Err(Unsatisfiable)`: 416.
 /// Only single byte ranges are supported, which is what resuming needs.
-pub fn parse_range(header: &str, size: u64) -> Result<Option<Range<u64>>, ()> {
+pub fn parse_range(header: &str, size: u64) -> Result<Option<Range<u64>>, Unsatisfiable> {
     let Some(spec) = header.trim().strip_prefix("bytes=") else {
         return Ok(None);
     };
@@ -215,29 +219,29 @@ pub fn parse_range(header: &str, size: u64) -> Result<Option<Range<u64>>, ()> {
         // Multiple ranges: allowed to ignore (RFC 9110 14.2).
         return Ok(None);
     }
-    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (a, b) = spec.split_once('-').ok_or(Unsatisfiable)?;
     let (a, b) = (a.trim(), b.trim());
     let range = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| ())?;
+        let n: u64 = b.parse().map_err(|_| Unsatisfiable)?;
         if n == 0 {
-            return Err(());
+            return Err(Unsatisfiable);
         }
         size.saturating_sub(n)..size
     } else {
-        let start: u64 = a.parse().map_err(|_| ())?;
+        let start: u64 = a.parse().map_err(|_| Unsatisfiable)?;
         let end = if b.is_empty() {
             size
         } else {
-            let last: u64 = b.parse().map_err(|_| ())?;
+            let last: u64 = b.parse().map_err(|_| Unsatisfiable)?;
             if last < start {
-                return Err(());
+                return Err(Unsatisfiable);
             }
             (last + 1).min(size)
         };
         start..end
     };
     if range.start >= size {
-        return Err(());
+        return Err(Unsatisfiable);
     }
     Ok(Some(range))
 }
@@ -252,9 +256,9 @@ mod tests {
         assert_eq!(parse_range("bytes=10-", 100), Ok(Some(10..100)));
         assert_eq!(parse_range("bytes=-10", 100), Ok(Some(90..100)));
         assert_eq!(parse_range("bytes=90-200", 100), Ok(Some(90..100)));
-        assert_eq!(parse_range("bytes=100-", 100), Err(()));
-        assert_eq!(parse_range("bytes=5-1", 100), Err(()));
-        assert_eq!(parse_range("bytes=x-", 100), Err(()));
+        assert_eq!(parse_range("bytes=100-", 100), Err(Unsatisfiable));
+        assert_eq!(parse_range("bytes=5-1", 100), Err(Unsatisfiable));
+        assert_eq!(parse_range("bytes=x-", 100), Err(Unsatisfiable));
         assert_eq!(parse_range("items=1-2", 100), Ok(None));
         assert_eq!(parse_range("bytes=0-1,5-6", 100), Ok(None));
     }

@@ -166,7 +166,7 @@ pub async fn artifact(
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         Some(h) => match crate::artifacts::parse_range(h, size) {
             Ok(r) => r,
-            Err(()) => {
+            Err(crate::artifacts::Unsatisfiable) => {
                 return Ok((
                     StatusCode::RANGE_NOT_SATISFIABLE,
                     [(header::CONTENT_RANGE, format!("bytes */{size}"))],
