@@ -479,7 +479,19 @@ fn a_delta_release_carries_a_patch_that_rebuilds_the_new_payload() {
     let rebuilt = w.path("rebuilt");
     drover_release::delta::apply(Path::new(&old_app), &patch, &rebuilt, &p.sha256, p.size).unwrap();
     assert_eq!(std::fs::read(&rebuilt).unwrap(), new_payload);
-    // The work folder next to the output is gone.
+    // `verify-delta` does the same from the two bundles, and names the
+    // problem when the base is the wrong release.
+    let j = w.json(&["verify-delta", "--base", &old, &new]);
+    assert_eq!(j["ok"], true);
+    assert_eq!(j["base_version"], "1.0.0");
+    assert_eq!(j["patch_size"], d.size);
+    let (code, err) = w.fails(&["verify-delta", "--base", &new, &new]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("applies to kiosk-app version 1.0.0"), "{err}");
+    let (code, err) = w.fails(&["verify-delta", "--base", &new, &old]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("carries no delta"), "{err}");
+    // The work folders next to the outputs are gone.
     assert!(
         std::fs::read_dir(w.dir.path()).unwrap().all(|e| !e
             .unwrap()

@@ -40,6 +40,9 @@ pub enum ReleaseCommand {
     Inspect(InspectArgs),
     /// Upload a release bundle to the server.
     Publish(PublishArgs),
+    /// Apply a release's delta patch to the app payload of the release it
+    /// was made from, as a device would, and check the result.
+    VerifyDelta(VerifyDeltaArgs),
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +145,15 @@ pub struct InspectArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct VerifyDeltaArgs {
+    /// The release the delta was made from (its app payload is the base).
+    #[arg(long, value_name = "OLD_RELEASE")]
+    pub base: PathBuf,
+    /// The release carrying the delta.
+    pub release: PathBuf,
+}
+
+#[derive(Debug, Args)]
 pub struct PublishArgs {
     /// Release bundle file.
     pub release: PathBuf,
@@ -154,6 +166,7 @@ pub async fn run(cmd: ReleaseCommand, g: &GlobalArgs) -> CliResult<()> {
         ReleaseCommand::Build(args) => build(args, g.json),
         ReleaseCommand::Inspect(args) => inspect(args, g.json),
         ReleaseCommand::Publish(args) => publish(args, g).await,
+        ReleaseCommand::VerifyDelta(args) => verify_delta(args, g.json),
     }
 }
 
@@ -447,13 +460,9 @@ fn byte_bar(json: bool, len: u64, what: &str) -> indicatif::ProgressBar {
 }
 
 fn hash_file(path: &Path, json: bool, what: &str) -> CliResult<(String, u64)> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| bad_file(path, e))?
-        .len();
-    if !std::fs::metadata(path)
-        .map(|m| m.is_file())
-        .unwrap_or(false)
-    {
+    let meta = std::fs::metadata(path).map_err(|e| bad_file(path, e))?;
+    let len = meta.len();
+    if !meta.is_file() {
         return Err(CliError::usage(format!(
             "{} is not a regular file",
             path.display()
@@ -464,6 +473,39 @@ fn hash_file(path: &Path, json: bool, what: &str) -> CliResult<(String, u64)> {
         .map_err(|e| bad_file(path, e));
     bar.finish_and_clear();
     result
+}
+
+/// Opens the `--delta-from` bundle and checks that a delta from it can be
+/// made for `manifest`.
+fn open_delta_base(path: &Path, manifest: &Manifest) -> CliResult<Bundle> {
+    let old = Bundle::open(path).map_err(|e| CliError::usage(e.to_string()))?;
+    if old.manifest.name != manifest.name {
+        return Err(CliError::usage(format!(
+            "--delta-from {} is release {:?}, not {:?}: a delta is made between versions of the same release",
+            path.display(),
+            old.manifest.name,
+            manifest.name
+        )));
+    }
+    if old.manifest.version == manifest.version {
+        return Err(CliError::usage(format!(
+            "--delta-from {} is version {} already",
+            path.display(),
+            old.manifest.version
+        )));
+    }
+    if manifest.payloads.iter().any(|p| p.kind != "app") {
+        return Err(CliError::usage(
+            "--delta-from works for `app` payloads only",
+        ));
+    }
+    if !old.manifest.payloads.iter().any(|p| p.kind == "app") {
+        return Err(CliError::usage(format!(
+            "--delta-from {} has no `app` payload to make a delta from",
+            path.display()
+        )));
+    }
+    Ok(old)
 }
 
 /// A folder removed with everything in it when dropped.
@@ -549,6 +591,10 @@ fn build(args: BuildArgs, json: bool) -> CliResult<()> {
         provenance: None,
     };
     manifest.validate().map_err(CliError::usage)?;
+    let old = match &args.delta_from {
+        Some(path) => Some(open_delta_base(path, &manifest)?),
+        None => None,
+    };
     let key_list = match &args.key_list {
         Some(path) => {
             let (signed, list) = read_key_list(path)?;
@@ -604,40 +650,14 @@ fn build(args: BuildArgs, json: bool) -> CliResult<()> {
 
     let _work;
     let mut delta_report = None;
-    if let Some(old_path) = &args.delta_from {
-        let old = Bundle::open(old_path).map_err(|e| CliError::usage(e.to_string()))?;
-        if old.manifest.name != manifest.name {
-            return Err(CliError::usage(format!(
-                "--delta-from {} is release {:?}, not {:?}: a delta is made between versions of the same release",
-                old_path.display(),
-                old.manifest.name,
-                manifest.name
-            )));
-        }
-        if old.manifest.version == manifest.version {
-            return Err(CliError::usage(format!(
-                "--delta-from {} is version {} already",
-                old_path.display(),
-                old.manifest.version
-            )));
-        }
+    if let Some(old) = &old {
         let payload = &mut manifest.payloads[0];
-        if payload.kind != "app" {
-            return Err(CliError::usage(
-                "--delta-from works for `app` payloads only",
-            ));
-        }
         let base = old
             .manifest
             .payloads
             .iter()
             .find(|p| p.kind == "app")
-            .ok_or_else(|| {
-                CliError::usage(format!(
-                    "--delta-from {} has no `app` payload to make a delta from",
-                    old_path.display()
-                ))
-            })?;
+            .expect("open_delta_base checked");
         let base_artifact = old
             .artifact(&base.sha256)
             .expect("Bundle::open checked every payload is present")
@@ -851,6 +871,91 @@ fn inspect(args: InspectArgs, json: bool) -> CliResult<()> {
     if args.verify_hashes {
         println!("\nEvery artifact matches its sha256.");
     }
+    Ok(())
+}
+
+fn verify_delta(args: VerifyDeltaArgs, json: bool) -> CliResult<()> {
+    let new = Bundle::open(&args.release).map_err(|e| CliError::usage(e.to_string()))?;
+    let old = Bundle::open(&args.base).map_err(|e| CliError::usage(e.to_string()))?;
+    let (payload, d) = new
+        .manifest
+        .payloads
+        .iter()
+        .find_map(|p| p.delta.as_ref().map(|d| (p, d)))
+        .ok_or_else(|| {
+            CliError::usage(format!(
+                "{} carries no delta (build it with --delta-from)",
+                args.release.display()
+            ))
+        })?;
+    let base = old
+        .manifest
+        .payloads
+        .iter()
+        .find(|p| p.kind == "app")
+        .ok_or_else(|| CliError::usage(format!("{} has no `app` payload", args.base.display())))?;
+    if base.sha256 != d.base_sha256 {
+        return Err(CliError::new(
+            crate::error::Kind::Failed,
+            "delta_base_mismatch",
+            format!(
+                "the delta in {} applies to {} version {} (sha256 {}), but {} holds version {} (sha256 {})",
+                args.release.display(),
+                new.manifest.name,
+                d.base_version,
+                d.base_sha256,
+                args.base.display(),
+                old.manifest.version,
+                base.sha256
+            ),
+        ));
+    }
+    let work = TempDir::new_near(&args.release)?;
+    let base_file = work.0.join("base");
+    let patch_file = work.0.join("patch");
+    let out_file = work.0.join("out");
+    let failed = |e: drover_release::bundle::BundleError| {
+        CliError::new(crate::error::Kind::Failed, e.code(), e.to_string())
+    };
+    old.extract(
+        old.artifact(&base.sha256).expect("checked on open"),
+        &base_file,
+    )
+    .map_err(failed)?;
+    new.extract(
+        new.artifact(&d.sha256).expect("checked on open"),
+        &patch_file,
+    )
+    .map_err(failed)?;
+    let started = std::time::Instant::now();
+    delta::apply(
+        &base_file,
+        &patch_file,
+        &out_file,
+        &payload.sha256,
+        payload.size,
+    )
+    .map_err(|e| CliError::new(crate::error::Kind::Failed, e.code(), e.to_string()))?;
+    let took = started.elapsed();
+    if json {
+        return output::json(&json!({
+            "release": format!("{}@{}", new.manifest.name, new.manifest.version),
+            "base_version": d.base_version,
+            "payload_size": payload.size,
+            "patch_size": d.size,
+            "apply_secs": took.as_secs_f64(),
+            "ok": true,
+        }));
+    }
+    println!(
+        "The delta turns {}@{} into {} ({} bytes from a {}-byte patch, applied in {:.2} s); sha256 matches the manifest.",
+        new.manifest.name,
+        d.base_version,
+        new.manifest.version,
+        payload.size,
+        d.size,
+        took.as_secs_f64()
+    );
     Ok(())
 }
 
