@@ -13,6 +13,8 @@
 //! - [`config`]: the configuration file, `/etc/drover/agent.toml`.
 //! - [`update`]: the update engine (journaled state machine, resumable
 //!   verified downloads, health checks, rollback) and the installers.
+//! - [`supervisor`]: `drover-agent supervise`, which starts the agent and
+//!   puts the previous binary back when a self-updated one fails its trial.
 //!
 //! This crate must never link server-side dependencies (the test script
 //! checks with `cargo tree`), and never sends anything identifying another

@@ -1,6 +1,6 @@
 //! `drover-agent supervise`: the small process systemd runs, which runs the
 //! real agent (`DIR/current/drover-agent run …`) and guards self-updates
-//! (docs/updates-installers.md).
+//! (docs/updates.md).
 //!
 //! While `DIR/trial.json` names the version it started, the child must write
 //! `DIR/healthy.json` for that version (or commit, which ends the trial)

@@ -1,5 +1,5 @@
 //! The bootloader behind a small trait, for the `rootfs-ab` installer
-//! (docs/updates-installers.md).
+//! (docs/updates.md).
 //!
 //! Every implementation stores the same four variables, and the bootloader
 //! scripts in the docs read them the same way:
@@ -179,7 +179,7 @@ impl BootEnv {
     }
 
     /// What the bootloader does at power-on, exactly as the GRUB and U-Boot
-    /// scripts in docs/updates-installers.md: with a trial pending and
+    /// scripts in docs/updates.md: with a trial pending and
     /// attempts left, it counts one attempt down and boots the trial slot;
     /// with none left it gives the trial up and boots the committed slot.
     /// Returns the slot booted and the environment it saved.
@@ -227,7 +227,7 @@ pub fn slot_from_cmdline(path: &Path) -> Result<Slot, BootError> {
         .next_back()
         .ok_or_else(|| {
             BootError(format!(
-                "{} has no drover.slot=a|b: the bootloader script must add it to the kernel command line (docs/updates-installers.md)",
+                "{} has no drover.slot=a|b: the bootloader script must add it to the kernel command line (docs/updates.md)",
                 path.display()
             ))
         })?;

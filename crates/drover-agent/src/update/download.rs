@@ -109,7 +109,7 @@ impl ArtifactSource for PlainHttpSource {
 /// Why a download stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DownloadError {
-    /// Stable reason code (docs/updates-agent.md).
+    /// Stable reason code (docs/updates.md).
     pub reason: &'static str,
     pub message: String,
     /// Worth trying again later (network, server); otherwise final.

@@ -1,7 +1,7 @@
 //! The update engine: the explicit state machine that takes a deployment
 //! from the server's desired state to `committed`, `rolled_back` or
 //! `failed`, journaling each state before acting on it
-//! (docs/updates-agent.md has the diagram and the reason codes).
+//! (docs/updates.md has the diagram and the reason codes).
 //!
 //! ```text
 //! offer ─▶ downloading ─▶ verifying ─▶ installing ─▶ activating ─▶ health_check ─▶ committed

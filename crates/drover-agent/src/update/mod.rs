@@ -1,4 +1,4 @@
-//! Software updates on the device (docs/updates.md, docs/updates-agent.md).
+//! Software updates on the device (docs/updates.md).
 //!
 //! - [`installer`]: the `Installer` trait every payload type implements.
 //! - [`config`]: the `[update]` section of agent.toml.
@@ -7,6 +7,10 @@
 //! - [`health`]: health checks after activation.
 //! - [`engine`]: the state machine, and the handle the control channel uses.
 //! - [`app`]: the `app` installer.
+//! - [`rootfs`] and [`boot`]: the `rootfs-ab` installer and the bootloader
+//!   interface it drives (GRUB env, U-Boot env, or a file for tests).
+//! - [`script`]: update modules, user executables that install a payload.
+//! - [`selfupdate`]: the `agent` installer; `crate::supervisor` guards it.
 //!
 //! Nothing here installs a payload that the device's own release root keys
 //! did not vouch for, and nothing touches the running version before

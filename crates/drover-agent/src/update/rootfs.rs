@@ -2,7 +2,7 @@
 //! image goes to the one not running, the bootloader tries it for a few
 //! boots ([`super::boot`]), and only a commit makes it the default. A slot
 //! that never gets committed is abandoned by the bootloader itself, with no
-//! network and no agent (docs/updates-installers.md).
+//! network and no agent (docs/updates.md).
 //!
 //! It must never write to the slot the system runs from, nor to the
 //! committed fallback slot: the target is always the other slot, and

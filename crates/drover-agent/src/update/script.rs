@@ -1,6 +1,6 @@
 //! The `script` installer: an update module (an executable in the modules
 //! folder, named by the payload) does the work, step by step, through the
-//! protocol in docs/updates-installers.md, modelled on Mender's update
+//! protocol in docs/updates.md, modelled on Mender's update
 //! modules: `MODULE <step> <work_dir>` with the payload and release in
 //! `DROVER_*` variables; exit 0 is success, 3 "step not supported".
 //!

@@ -308,7 +308,7 @@ impl Installer for SelfUpdateInstaller {
         if !self.supervised {
             return Err(InstallError::new(
                 "agent_not_supervised",
-                "this agent does not run under `drover-agent supervise`, so nothing would start a new agent or revert a bad one: run the service as `drover-agent supervise` (docs/updates-installers.md)",
+                "this agent does not run under `drover-agent supervise`, so nothing would start a new agent or revert a bad one: run the service as `drover-agent supervise` (docs/updates.md)",
             ));
         }
         let version = ctx.manifest.version.as_str();

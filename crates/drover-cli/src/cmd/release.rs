@@ -5,7 +5,7 @@
 //! the operator's (or CI's) machine, and the server never sees a private
 //! key. `publish` uploads a bundle's artifacts (skipping those the server
 //! already stores) and then registers the signed manifest. The formats are
-//! described in docs/updates-release-format.md.
+//! described in docs/updates.md.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
