@@ -4,7 +4,7 @@
 //! modules: `MODULE <step> <work_dir>` with the payload and release in
 //! `DROVER_*` variables; exit 0 is success, 3 "step not supported".
 //!
-//! Also home of [`run_bounded`], the one way this crate's installers run an
+//! Also home of `run_bounded`, the one way this crate's installers run an
 //! external program: no stdin, bounded output tails, and a timeout that
 //! kills the program's whole process group.
 //!
