@@ -503,3 +503,75 @@ fn an_agent_killed_mid_download_resumes_where_it_stopped_after_restart() {
         "the restarted agent fetched only the rest ({after_restart} bytes after having {had} of {size})"
     );
 }
+
+#[test]
+fn with_the_server_killed_mid_update_the_device_finishes_alone_and_reports_on_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("server");
+    let server = start_server(&data, None, &[]);
+    let port = server.port();
+    let cli = Cli::new();
+    cli.login(&server, &server.admin_token());
+    let root = cli.json(&[
+        "release",
+        "keygen",
+        "--root",
+        "-o",
+        d.join("root.key").to_str().unwrap(),
+    ]);
+    let root_pub = root["public_key"].as_str().unwrap().to_string();
+    release_keys(&cli, d);
+    let token = enroll_token(&cli, &[]);
+    let apps = d.join("apps");
+    let mut a = AgentProc::new(d, "dev", &agent_toml(&apps, &root_pub));
+    assert!(a.enroll_with(&token).status.success());
+    a.start();
+    let id = a.device_id();
+    wait_for("device online", Duration::from_secs(30), || {
+        (common::device(&cli, &id)["connection"] == "online").then_some(())
+    });
+
+    // The health check takes a few seconds: the server dies meanwhile.
+    let flag = d.join("health-started");
+    let script = d.join("health.sh");
+    std::fs::write(&script, format!("touch {}\nsleep 4\n", flag.display())).unwrap();
+    let check = format!("command=/bin/sh {}", script.display());
+    let bundle = build(
+        &cli,
+        d,
+        "3.0.0",
+        &app_script(d, "3.0.0", 0),
+        &["--health", &check, "--health-timeout", "30"],
+    );
+    cli.json(&["release", "publish", &bundle]);
+    let dep = cli.json(&["deploy", "kiosk@3.0.0", "--device", &id]);
+    let dep_id = dep["id"].as_str().unwrap().to_string();
+    wait_for("the health check to start", Duration::from_secs(60), || {
+        flag.exists().then_some(())
+    });
+    let mut server = server;
+    server.signal(libc::SIGKILL);
+    server.wait(Duration::from_secs(10));
+
+    // Alone, the device finishes: the new version is committed on disk.
+    wait_for("commit without a server", Duration::from_secs(60), || {
+        let j: Value = serde_json::from_slice(
+            &std::fs::read(a.data.join("update").join("journal.json")).ok()?,
+        )
+        .ok()?;
+        (j["state"] == "committed").then_some(())
+    });
+    assert_eq!(current_version(&apps).as_deref(), Some("3.0.0"));
+
+    // The server comes back on the same address; the device reports.
+    let server = start_server(&data, None, &["--listen", &format!("127.0.0.1:{port}")]);
+    let show = cli.json(&["deployments", "show", &dep_id, "--wait", "60"]);
+    assert_eq!(
+        show["devices"][0]["state"],
+        "committed",
+        "{show}\n{}",
+        a.log_text()
+    );
+    drop(server);
+}
