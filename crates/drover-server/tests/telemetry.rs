@@ -868,3 +868,41 @@ async fn aggregates_by_tag_over_several_devices_and_history_in_order() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn values_and_labels_come_back_exactly() {
+    each_backend(|store, backend, _| async move {
+        let devs = devices(store.clone(), TelemetrySettings::default());
+        let now = now_ms();
+        let values = [
+            0.1 + 0.2,
+            1.0 / 3.0,
+            -1e-300,
+            1.7976931348623157e308,
+            123456.789,
+            -2.5,
+            5e-324,
+        ];
+        let mut records: Vec<Record> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| metric(i as u64 + 1, now - 1000 + i as i64, "v", *v))
+            .collect();
+        records[0]
+            .labels
+            .insert("path".into(), "/var/\"log\"\\ü".into());
+        devs.ingest_telemetry("dev-v", &batch("boot", records))
+            .await
+            .unwrap();
+        let series = series_id(&store, "dev-v", "v").await;
+        let points = store.series_points(series, 0, i64::MAX, 100).await.unwrap();
+        let got: Vec<u64> = points.iter().map(|p| p.value.to_bits()).collect();
+        let want: Vec<u64> = values.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, want, "{backend:?}");
+        assert_eq!(
+            points[0].labels.as_deref(),
+            Some(r#"{"path":"/var/\"log\"\\ü"}"#)
+        );
+    })
+    .await;
+}

@@ -374,19 +374,25 @@ async fn writer(store: Arc<dyn Store>, settings: TelemetrySettings, mut rx: mpsc
 /// Resolves, writes and answers `jobs`; when a shared transaction fails,
 /// each job is retried alone so one bad batch cannot fail the others.
 async fn write_jobs(store: &dyn Store, s: &TelemetrySettings, caches: &mut Caches, jobs: Vec<Job>) {
-    let mut ready: Vec<(Job, TelemetryWrite, Vec<u64>)> = Vec::with_capacity(jobs.len());
+    let mut ready: Vec<(Job, Vec<u64>)> = Vec::with_capacity(jobs.len());
+    let mut writes: Vec<TelemetryWrite> = Vec::with_capacity(jobs.len());
     for job in jobs {
         match resolve(store, s, caches, &job).await {
-            Ok((write, over)) => ready.push((job, write, over)),
+            Ok((write, over)) => {
+                ready.push((job, over));
+                writes.push(write);
+            }
             Err(e) => {
                 let _ = job.reply.send(Err(e));
             }
         }
     }
-    let writes: Vec<TelemetryWrite> = ready.iter().map(|(_, w, _)| w.clone()).collect();
+    if ready.is_empty() {
+        return;
+    }
     match store.write_telemetry(&writes).await {
         Ok(outcomes) => {
-            for ((job, _, over), outcome) in ready.into_iter().zip(outcomes) {
+            for ((job, over), outcome) in ready.into_iter().zip(outcomes) {
                 let _ = job.reply.send(Ok(JobDone {
                     outcome,
                     over_limit: over,
@@ -394,15 +400,12 @@ async fn write_jobs(store: &dyn Store, s: &TelemetrySettings, caches: &mut Cache
             }
         }
         Err(e) if ready.len() == 1 => {
-            let (job, _, _) = ready.pop().expect("one job");
+            let (job, _) = ready.pop().expect("one job");
             let _ = job.reply.send(Err(e));
         }
         Err(e) => {
             tracing::warn!(error = %e, batches = ready.len(), "shared telemetry transaction failed; writing batches one by one");
-            // Caches may hold ids the failed transaction never committed
-            // (it creates none, but be safe): start over.
-            *caches = Caches::default();
-            for (job, write, over) in ready {
+            for ((job, over), write) in ready.into_iter().zip(writes) {
                 let r = store
                     .write_telemetry(std::slice::from_ref(&write))
                     .await

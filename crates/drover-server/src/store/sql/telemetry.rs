@@ -1,19 +1,25 @@
-//! [`TelemetryStore`] on both backends (same SQL text, `$N` placeholders).
+//! [`TelemetryStore`] on both backends. Reads share one SQL text
+//! (`$N` placeholders); the two bulk inserts of the hot path differ: rows
+//! travel as one JSON parameter read by `json_each` on SQLite and as arrays
+//! read by `UNNEST` on PostgreSQL, because thousands of separate
+//! parameters per statement are very slow through sqlx's SQLite driver.
 //!
-//! Ingestion is built for throughput: the points of all batches in one call
-//! go into multi-row `INSERT … ON CONFLICT DO NOTHING RETURNING` statements
-//! inside one transaction, and only the rows the database reports as new
-//! reach the rollups. Rollups are read-modify-write: the touched buckets are
-//! read, merged with the new points in Rust (sketches cannot be merged in
-//! portable SQL) and written back with an upsert. This relies on one writer
-//! per device at a time, which the control channel gives (one live channel
-//! per device, its batches handled in order, one ingestion writer per
-//! server).
+//! Writing a group of batches is one transaction: one indexed search finds
+//! which (boot, seq) are stored already (a resent batch), the rest is
+//! inserted in bulk (`ON CONFLICT DO NOTHING`, with the inserted count
+//! checked), and only those new points reach the rollups. Rollups are
+//! read-modify-write: the touched buckets are read, merged with the new
+//! points in Rust (sketches cannot be merged in portable SQL) and written
+//! back with an upsert. This relies on one writer per device at a time,
+//! which the control channel gives (one live channel per device, its
+//! batches handled in order, one ingestion writer per server); a concurrent
+//! writer is detected by the inserted count and the transaction abandoned.
 //!
-//! Integers that go into SQL text (series ids, bucket starts) are formatted
-//! from `i64`, never from device input, so there is nothing to inject.
+//! Integers that go into SQL text (series ids, bucket starts, boot keys)
+//! are formatted from `i64`, never from device input, so there is nothing
+//! to inject; device text (labels) only travels as JSON strings or binds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use async_trait::async_trait;
@@ -21,18 +27,18 @@ use sqlx::Row;
 
 use super::{Pool, SqlStore};
 use crate::store::telemetry::{
-    Agg, AggregateRead, Buckets, DeviceTelemetry, PruneReport, Resolution, Sketch, StoredEvent,
-    StoredPoint, TelemetrySettings, TelemetryStore, TelemetryWrite, WriteOutcome, clock_code,
-    clock_from_code,
+    Agg, AggregateRead, Buckets, DeviceTelemetry, PointWrite, PruneReport, Resolution, Sketch,
+    StoredEvent, StoredPoint, TelemetrySettings, TelemetryStore, TelemetryWrite, WriteOutcome,
+    clock_code, clock_from_code,
 };
 use crate::store::{StoreError, StoreResult};
 
-/// Rows per multi-row `INSERT` of points (7 parameters each).
-const POINT_ROWS: usize = 400;
+/// Points or rollup rows per bulk statement.
+const BULK_ROWS: usize = 2000;
 /// Rows per multi-row `INSERT` of events (10 parameters each).
 const EVENT_ROWS: usize = 200;
-/// Rollup buckets read or written per statement.
-const ROLLUP_ROWS: usize = 300;
+/// Series whose touched rollup buckets are read per statement.
+const ROLLUP_SERIES: usize = 200;
 /// Series per pruning statement.
 const PRUNE_SERIES: usize = 200;
 /// Above this many groups an aggregate is read in one statement grouped by
@@ -83,66 +89,262 @@ fn bucket_of(time_ms: i64, width: i64) -> i64 {
     time_ms - time_ms.rem_euclid(width)
 }
 
-/// Merges the new points into the rollup table `$table` of bucket width
-/// `$width`, inside transaction `$tx`.
-macro_rules! update_rollups {
-    ($tx:expr, $table:expr, $width:expr, $points:expr) => {{
-        let table: &str = $table;
-        let width: i64 = $width;
-        let mut parts: BTreeMap<(i64, i64), Agg> = BTreeMap::new();
-        for &(series, time, value) in $points.iter() {
-            parts
-                .entry((series, bucket_of(time, width)))
-                .or_insert_with(|| Agg::empty(true))
-                .add(value);
+/// Per (series, bucket start) of width `width`: the aggregate of `points`
+/// ((series, time, value) of newly stored points).
+fn rollup_parts(points: &[(i64, i64, f64)], width: i64) -> BTreeMap<(i64, i64), Agg> {
+    let mut parts: BTreeMap<(i64, i64), Agg> = BTreeMap::new();
+    for &(series, time, value) in points {
+        parts
+            .entry((series, bucket_of(time, width)))
+            .or_insert_with(|| Agg::empty(true))
+            .add(value);
+    }
+    parts
+}
+
+/// A float as JSON (finite: a sum can overflow to infinity, JSON has none).
+fn json_f64(out: &mut String, v: f64) {
+    let v = if v.is_nan() {
+        0.0
+    } else {
+        v.clamp(f64::MIN, f64::MAX)
+    };
+    let _ = write!(out, "{v:?}");
+}
+
+/// `[[series, time, boot, seq, value, labels, clock], …]` for `json_each`.
+fn points_json(chunk: &[(i64, &PointWrite)]) -> String {
+    let mut out = String::with_capacity(chunk.len() * 64);
+    out.push('[');
+    for (i, (boot_key, p)) in chunk.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
         }
-        let keys: Vec<(i64, i64)> = parts.keys().copied().collect();
-        for chunk in keys.chunks(ROLLUP_ROWS) {
-            let mut values = String::with_capacity(chunk.len() * 24);
-            for (i, (s, b)) in chunk.iter().enumerate() {
+        let _ = write!(
+            out,
+            "[{},{},{},{},",
+            p.series_id, p.time_ms, boot_key, p.seq
+        );
+        json_f64(&mut out, p.value);
+        out.push(',');
+        match &p.labels {
+            Some(l) => out.push_str(&serde_json::to_string(l).expect("strings serialize")),
+            None => out.push_str("null"),
+        }
+        let _ = write!(out, ",{}]", clock_code(p.clock));
+    }
+    out.push(']');
+    out
+}
+
+/// `[[series, bucket, count, sum, min, max, "sketch hex"], …]` for `json_each`.
+fn rollups_json(chunk: &[(&(i64, i64), &Agg)]) -> String {
+    let mut out = String::with_capacity(chunk.len() * 96);
+    out.push('[');
+    for (i, ((series, bucket), a)) in chunk.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "[{series},{bucket},{},", a.count);
+        for v in [a.sum, a.min, a.max] {
+            json_f64(&mut out, v);
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(&hex::encode(
+            a.sketch.as_ref().map(Sketch::encode).unwrap_or_default(),
+        ));
+        out.push_str("\"]");
+    }
+    out.push(']');
+    out
+}
+
+/// Inserts points in bulk: one parameter on SQLite (a JSON array read by
+/// `json_each`), arrays read by
+/// `UNNEST` on PostgreSQL. Sending thousands of separate parameters is far
+/// slower with sqlx's SQLite driver (see docs/benchmarks.md).
+const SQLITE_POINTS: &str = "INSERT INTO telemetry_points (series_id, time_ms, boot_key, seq, value, labels, clock)
+     SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4, j.value ->> 5, j.value ->> 6
+     FROM json_each($1) j WHERE true
+     ON CONFLICT DO NOTHING";
+const POSTGRES_POINTS: &str = "INSERT INTO telemetry_points (series_id, time_ms, boot_key, seq, value, labels, clock)
+     SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::float8[], $6::text[], $7::smallint[])
+     ON CONFLICT DO NOTHING";
+const ROLLUP_SET: &str =
+    "ON CONFLICT (series_id, bucket) DO UPDATE SET count = excluded.count, sum = excluded.sum,
+     min = excluded.min, max = excluded.max, sketch = excluded.sketch";
+
+/// Folds into `$parts` what `$table` already holds for the same buckets.
+macro_rules! merge_stored_rollups {
+    ($tx:expr, $table:expr, $parts:expr) => {{
+        let table: &str = $table;
+        let parts: &mut BTreeMap<(i64, i64), Agg> = $parts;
+        // Per series, the range from its first to its last touched bucket.
+        // (A row-value `IN (VALUES …)` would be neater, but SQLite scans the
+        // whole table for it; ORed key ranges are index searches on both.)
+        let mut ranges: Vec<(i64, i64, i64)> = Vec::new();
+        for &(series, bucket) in parts.keys() {
+            match ranges.last_mut() {
+                Some(r) if r.0 == series => r.2 = bucket,
+                _ => ranges.push((series, bucket, bucket)),
+            }
+        }
+        for chunk in ranges.chunks(ROLLUP_SERIES) {
+            let mut cond = String::with_capacity(chunk.len() * 64);
+            for (i, (s, lo, hi)) in chunk.iter().enumerate() {
                 if i > 0 {
-                    values.push_str(", ");
+                    cond.push_str(" OR ");
                 }
-                let _ = write!(values, "({s}, {b})");
+                let _ = write!(
+                    cond,
+                    "(series_id = {s} AND bucket >= {lo} AND bucket <= {hi})"
+                );
             }
             let sql = format!(
-                "SELECT series_id, bucket, count, sum, min, max, sketch FROM {table}
-                 WHERE (series_id, bucket) IN (VALUES {values})"
+                "SELECT series_id, bucket, count, sum, min, max, sketch FROM {table} WHERE {cond}"
             );
             let rows = sqlx::query(&sql).fetch_all(&mut *$tx).await?;
             for row in &rows {
                 let key = (row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?);
-                let stored = Agg {
+                let Some(part) = parts.get_mut(&key) else {
+                    continue;
+                };
+                part.merge(&Agg {
                     count: row.try_get::<i64, _>(2)?.max(0) as u64,
                     sum: row.try_get(3)?,
                     min: row.try_get(4)?,
                     max: row.try_get(5)?,
                     sketch: Some(decode_sketch(&row.try_get::<Vec<u8>, _>(6)?)?),
-                };
-                if let Some(part) = parts.get_mut(&key) {
-                    part.merge(&stored);
-                }
+                });
             }
+        }
+    }};
+}
+
+/// The points not stored yet (each (boot, seq) once), counted as new in
+/// their batch's outcome and collected as (series, time, value) for the
+/// rollups.
+fn new_points<'a>(
+    points: &[(i64, &'a PointWrite)],
+    existing: &HashSet<(i64, i64)>,
+    owner: &HashMap<(i64, i64), usize>,
+    outcomes: &mut [WriteOutcome],
+    fresh: &mut Vec<(i64, i64, f64)>,
+) -> Vec<(i64, &'a PointWrite)> {
+    let mut seen = HashSet::with_capacity(points.len());
+    let mut out = Vec::with_capacity(points.len());
+    for &(boot, p) in points {
+        let key = (boot, p.seq);
+        if existing.contains(&key) || !seen.insert(key) {
+            continue;
+        }
+        if let Some(&i) = owner.get(&key) {
+            outcomes[i].new_points += 1;
+        }
+        fresh.push((p.series_id, p.time_ms, p.value));
+        out.push((boot, p));
+    }
+    out
+}
+
+/// Every point found new must have been inserted; if another writer got
+/// some in between (two connections of one device on two replicas), the
+/// rollups would count them twice, so the transaction is abandoned and the
+/// caller retries (the retry finds them stored).
+fn check_inserted(inserted: u64, expected: usize) -> StoreResult<()> {
+    if inserted == expected as u64 {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(format!(
+            "{} of {expected} telemetry points were stored by a concurrent writer; retry the batch",
+            expected as u64 - inserted.min(expected as u64)
+        )))
+    }
+}
+
+/// The `(boot_key, seq)` of `$points` already stored: one search of the
+/// dedup key per boot's seq range (usually nothing, unless a batch is resent).
+macro_rules! stored_already {
+    ($tx:expr, $points:expr) => {{
+        let mut ranges: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+        for (boot, p) in $points.iter() {
+            let r = ranges.entry(*boot).or_insert((p.seq, p.seq));
+            r.0 = r.0.min(p.seq);
+            r.1 = r.1.max(p.seq);
+        }
+        let ranges: Vec<(i64, (i64, i64))> = ranges.into_iter().collect();
+        let mut found: HashSet<(i64, i64)> = HashSet::new();
+        for chunk in ranges.chunks(ROLLUP_SERIES) {
+            let mut cond = String::with_capacity(chunk.len() * 64);
+            for (i, (b, (lo, hi))) in chunk.iter().enumerate() {
+                if i > 0 {
+                    cond.push_str(" OR ");
+                }
+                let _ = write!(cond, "(boot_key = {b} AND seq >= {lo} AND seq <= {hi})");
+            }
+            let sql = format!("SELECT boot_key, seq FROM telemetry_points WHERE {cond}");
+            for row in sqlx::query(&sql).fetch_all(&mut *$tx).await? {
+                found.insert((row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?));
+            }
+        }
+        found
+    }};
+}
+
+/// Events, the per-device counters and the commit: the same SQL on both.
+macro_rules! finish_write {
+    ($tx:expr, $writes:expr, $events:expr, $owner:expr, $outcomes:expr) => {{
+        for chunk in $events.chunks(EVENT_ROWS) {
             let sql = format!(
-                "INSERT INTO {table} (series_id, bucket, count, sum, min, max, sketch) VALUES {}
-                 ON CONFLICT (series_id, bucket) DO UPDATE SET count = excluded.count, sum = excluded.sum,
-                 min = excluded.min, max = excluded.max, sketch = excluded.sketch",
-                placeholders(chunk.len(), 7)
+                "INSERT INTO telemetry_events (boot_key, seq, device_id, time_ms, name, severity, message, labels, clock, received_at)
+                 VALUES {} ON CONFLICT DO NOTHING RETURNING boot_key, seq",
+                placeholders(chunk.len(), 10)
             );
             let mut q = sqlx::query(&sql);
-            for key in chunk {
-                let a = &parts[key];
+            for (boot_key, device, received_at, ev) in chunk {
                 q = q
-                    .bind(key.0)
-                    .bind(key.1)
-                    .bind(a.count as i64)
-                    .bind(a.sum)
-                    .bind(a.min)
-                    .bind(a.max)
-                    .bind(a.sketch.as_ref().map(Sketch::encode).unwrap_or_default());
+                    .bind(*boot_key)
+                    .bind(ev.seq)
+                    .bind(device.as_str())
+                    .bind(ev.time_ms)
+                    .bind(ev.name.as_str())
+                    .bind(ev.severity.as_str())
+                    .bind(ev.message.as_str())
+                    .bind(ev.labels.as_deref())
+                    .bind(clock_code(ev.clock))
+                    .bind(*received_at);
             }
-            q.execute(&mut *$tx).await?;
+            for row in q.fetch_all(&mut *$tx).await? {
+                let key = (row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?);
+                if let Some(&i) = $owner.get(&key) {
+                    $outcomes[i].new_events += 1;
+                }
+            }
         }
+        for (w, o) in $writes.iter().zip($outcomes.iter_mut()) {
+            let total = w.points.len() + w.events.len();
+            o.duplicates = total - (o.new_points + o.new_events).min(total);
+            // A batch whose records were all seen before was counted when it
+            // first came; its drop count is not added again.
+            let dropped = if !w.had_records || o.new_points + o.new_events > 0 {
+                i64::try_from(w.dropped).unwrap_or(i64::MAX)
+            } else {
+                0
+            };
+            sqlx::query(
+                "INSERT INTO telemetry_devices (device_id, dropped_total, last_batch_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (device_id) DO UPDATE SET
+                   dropped_total = telemetry_devices.dropped_total + excluded.dropped_total,
+                   last_batch_at = excluded.last_batch_at",
+            )
+            .bind(w.device_id.as_str())
+            .bind(dropped)
+            .bind(w.received_at)
+            .execute(&mut *$tx)
+            .await?;
+        }
+        $tx.commit().await?;
     }};
 }
 
@@ -290,90 +492,107 @@ impl TelemetryStore for SqlStore {
                 events.push((w.boot_key, &w.device_id, w.received_at, ev));
             }
         }
-        on_pool!(self, p => {
-            let mut tx = p.begin().await?;
-            // (series, time, value) of every newly stored point.
-            let mut fresh: Vec<(i64, i64, f64)> = Vec::with_capacity(points.len());
-            for chunk in points.chunks(POINT_ROWS) {
-                let sql = format!(
-                    "INSERT INTO telemetry_points (series_id, time_ms, boot_key, seq, value, labels, clock) VALUES {}
-                     ON CONFLICT DO NOTHING RETURNING boot_key, seq, series_id, time_ms, value",
-                    placeholders(chunk.len(), 7)
-                );
-                let mut q = sqlx::query(&sql);
-                for (boot_key, pt) in chunk {
-                    q = q
-                        .bind(pt.series_id)
-                        .bind(pt.time_ms)
-                        .bind(*boot_key)
-                        .bind(pt.seq)
-                        .bind(pt.value)
-                        .bind(pt.labels.as_deref())
-                        .bind(clock_code(pt.clock));
+        // (series, time, value) of every newly stored point.
+        let mut fresh: Vec<(i64, i64, f64)> = Vec::with_capacity(points.len());
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                let existing = stored_already!(tx, points);
+                let new = new_points(&points, &existing, &owner, &mut outcomes, &mut fresh);
+                let mut inserted = 0;
+                for chunk in new.chunks(BULK_ROWS) {
+                    inserted += sqlx::query(SQLITE_POINTS)
+                        .bind(points_json(chunk))
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
                 }
-                for row in q.fetch_all(&mut *tx).await? {
-                    let key = (row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?);
-                    if let Some(&i) = owner.get(&key) {
-                        outcomes[i].new_points += 1;
-                    }
-                    fresh.push((row.try_get(2)?, row.try_get(3)?, row.try_get(4)?));
-                }
-            }
-            for chunk in events.chunks(EVENT_ROWS) {
-                let sql = format!(
-                    "INSERT INTO telemetry_events (boot_key, seq, device_id, time_ms, name, severity, message, labels, clock, received_at)
-                     VALUES {} ON CONFLICT DO NOTHING RETURNING boot_key, seq",
-                    placeholders(chunk.len(), 10)
-                );
-                let mut q = sqlx::query(&sql);
-                for (boot_key, device, received_at, ev) in chunk {
-                    q = q
-                        .bind(*boot_key)
-                        .bind(ev.seq)
-                        .bind(device.as_str())
-                        .bind(ev.time_ms)
-                        .bind(ev.name.as_str())
-                        .bind(ev.severity.as_str())
-                        .bind(ev.message.as_str())
-                        .bind(ev.labels.as_deref())
-                        .bind(clock_code(ev.clock))
-                        .bind(*received_at);
-                }
-                for row in q.fetch_all(&mut *tx).await? {
-                    let key = (row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?);
-                    if let Some(&i) = owner.get(&key) {
-                        outcomes[i].new_events += 1;
+                check_inserted(inserted, new.len())?;
+                for (table, width) in ROLLUP_TABLES {
+                    let mut parts = rollup_parts(&fresh, width);
+                    merge_stored_rollups!(tx, table, &mut parts);
+                    let all: Vec<(&(i64, i64), &Agg)> = parts.iter().collect();
+                    let sql = format!(
+                        "INSERT INTO {table} (series_id, bucket, count, sum, min, max, sketch)
+                         SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4,
+                                j.value ->> 5, unhex(j.value ->> 6)
+                         FROM json_each($1) j WHERE true {ROLLUP_SET}"
+                    );
+                    for chunk in all.chunks(BULK_ROWS) {
+                        sqlx::query(&sql)
+                            .bind(rollups_json(chunk))
+                            .execute(&mut *tx)
+                            .await?;
                     }
                 }
+                finish_write!(tx, writes, events, owner, outcomes);
             }
-            for (table, width) in ROLLUP_TABLES {
-                update_rollups!(tx, table, width, fresh);
+            Pool::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                let existing = stored_already!(tx, points);
+                let new = new_points(&points, &existing, &owner, &mut outcomes, &mut fresh);
+                let mut inserted = 0;
+                for chunk in new.chunks(BULK_ROWS) {
+                    inserted += sqlx::query(POSTGRES_POINTS)
+                        .bind(chunk.iter().map(|(_, p)| p.series_id).collect::<Vec<i64>>())
+                        .bind(chunk.iter().map(|(_, p)| p.time_ms).collect::<Vec<i64>>())
+                        .bind(chunk.iter().map(|(b, _)| *b).collect::<Vec<i64>>())
+                        .bind(chunk.iter().map(|(_, p)| p.seq).collect::<Vec<i64>>())
+                        .bind(chunk.iter().map(|(_, p)| p.value).collect::<Vec<f64>>())
+                        .bind(
+                            chunk
+                                .iter()
+                                .map(|(_, p)| p.labels.clone())
+                                .collect::<Vec<Option<String>>>(),
+                        )
+                        .bind(
+                            chunk
+                                .iter()
+                                .map(|(_, p)| clock_code(p.clock))
+                                .collect::<Vec<i16>>(),
+                        )
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                check_inserted(inserted, new.len())?;
+                for (table, width) in ROLLUP_TABLES {
+                    let mut parts = rollup_parts(&fresh, width);
+                    merge_stored_rollups!(tx, table, &mut parts);
+                    let all: Vec<(&(i64, i64), &Agg)> = parts.iter().collect();
+                    let sql = format!(
+                        "INSERT INTO {table} (series_id, bucket, count, sum, min, max, sketch)
+                         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::float8[],
+                                              $5::float8[], $6::float8[], $7::bytea[]) {ROLLUP_SET}"
+                    );
+                    for chunk in all.chunks(BULK_ROWS) {
+                        sqlx::query(&sql)
+                            .bind(chunk.iter().map(|(k, _)| k.0).collect::<Vec<i64>>())
+                            .bind(chunk.iter().map(|(k, _)| k.1).collect::<Vec<i64>>())
+                            .bind(
+                                chunk
+                                    .iter()
+                                    .map(|(_, a)| a.count as i64)
+                                    .collect::<Vec<i64>>(),
+                            )
+                            .bind(chunk.iter().map(|(_, a)| a.sum).collect::<Vec<f64>>())
+                            .bind(chunk.iter().map(|(_, a)| a.min).collect::<Vec<f64>>())
+                            .bind(chunk.iter().map(|(_, a)| a.max).collect::<Vec<f64>>())
+                            .bind(
+                                chunk
+                                    .iter()
+                                    .map(|(_, a)| {
+                                        a.sketch.as_ref().map(Sketch::encode).unwrap_or_default()
+                                    })
+                                    .collect::<Vec<Vec<u8>>>(),
+                            )
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                finish_write!(tx, writes, events, owner, outcomes);
             }
-            for (w, o) in writes.iter().zip(outcomes.iter_mut()) {
-                let total = w.points.len() + w.events.len();
-                o.duplicates = total - (o.new_points + o.new_events).min(total);
-                // A batch whose records were all seen before was counted
-                // when it first came; its drop count is not added again.
-                let dropped = if !w.had_records || o.new_points + o.new_events > 0 {
-                    i64::try_from(w.dropped).unwrap_or(i64::MAX)
-                } else {
-                    0
-                };
-                sqlx::query(
-                    "INSERT INTO telemetry_devices (device_id, dropped_total, last_batch_at) VALUES ($1, $2, $3)
-                     ON CONFLICT (device_id) DO UPDATE SET
-                       dropped_total = telemetry_devices.dropped_total + excluded.dropped_total,
-                       last_batch_at = excluded.last_batch_at",
-                )
-                .bind(w.device_id.as_str())
-                .bind(dropped)
-                .bind(w.received_at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Ok::<_, StoreError>(())
-        })?;
+        }
         Ok(outcomes)
     }
 
