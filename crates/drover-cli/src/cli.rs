@@ -79,6 +79,9 @@ pub enum Command {
     /// Deployments and each device's progress.
     #[command(subcommand)]
     Deployments(crate::cmd::deploy::DeploymentsCommand),
+    /// Fleet metrics (aggregates by group and tag) and one device's telemetry.
+    #[command(subcommand)]
+    Metrics(crate::cmd::metrics::MetricsCommand),
     /// Run many simulated devices in this process, over the real protocol.
     Sim(SimArgs),
     /// Start a server on the embedded default with a simulated fleet to explore.

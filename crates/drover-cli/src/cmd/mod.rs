@@ -5,6 +5,7 @@ mod demo;
 pub mod deploy;
 mod devices;
 mod login;
+pub mod metrics;
 pub mod release;
 mod server;
 mod sim;
@@ -31,6 +32,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Releases(cmd) => deploy::releases(&connect(g)?, cmd, g.json).await,
         Command::Deploy(args) => deploy::deploy(&connect(g)?, args, g.json).await,
         Command::Deployments(cmd) => deploy::deployments(&connect(g)?, cmd, g.json).await,
+        Command::Metrics(cmd) => metrics::run(&connect(g)?, cmd, g.json).await,
         Command::Sim(args) => sim::run(args, g).await,
         Command::Demo(args) => demo::run(args, g.json).await,
     }
