@@ -459,16 +459,23 @@ async fn query(backend: &str) {
             ),
         ),
         (
-            "max(cpu) where tag.region = eu, 24 h step 1h (1m rollups)".into(),
+            "max(cpu) where tag.region = eu, 24 h step 1h (1h rollups)".into(),
             format!(
                 "/api/v1/metrics/query?q={}&since=24h&step=1h",
                 enc("max(cpu) where tag.region = eu")
             ),
         ),
         (
-            "p95(cpu) by tag.region, 24 h step 1h (1m rollups, sketches)".into(),
+            "p95(cpu) by tag.region, 24 h step 1h (1h rollups, sketches)".into(),
             format!(
                 "/api/v1/metrics/query?q={}&since=24h&step=1h",
+                enc("p95(cpu) by tag.region")
+            ),
+        ),
+        (
+            "p95(cpu) by tag.region, 6 h (1m rollups, sketches)".into(),
+            format!(
+                "/api/v1/metrics/query?q={}&since=6h",
                 enc("p95(cpu) by tag.region")
             ),
         ),

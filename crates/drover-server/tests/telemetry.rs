@@ -704,7 +704,7 @@ async fn aggregates_by_tag_over_several_devices_and_history_in_order() {
         )
         .await;
         assert_eq!(s, StatusCode::OK, "{backend:?}: {body}");
-        assert_eq!(body["source"], "raw");
+        assert_eq!(body["source"], "1h", "a 1 h step reads the 1 h rollups");
         assert_eq!(body["query"], "avg(cpu) by tag.region");
         let series = body["series"].as_array().unwrap();
         let by_group: BTreeMap<String, (u64, f64, u64)> = series

@@ -123,6 +123,18 @@ fn plan(
             format_duration_ms(unit)
         )));
     }
+    // A step that whole rollup buckets fit in reads the coarsest such
+    // rollups that still hold the start (24 h in 1 h steps: 24 rows per
+    // series instead of 1,440).
+    for coarser in [Resolution::Hour, Resolution::Minute] {
+        if coarser.bucket_ms() > res.bucket_ms()
+            && step % coarser.bucket_ms() == 0
+            && (coarser == Resolution::Hour || since >= now - coarser.retention_ms(settings))
+        {
+            res = coarser;
+            break;
+        }
+    }
     let start = since - since.rem_euclid(step);
     let buckets = (until - start + step - 1) / step;
     if buckets > MAX_BUCKETS {
@@ -451,7 +463,20 @@ mod tests {
         let e = plan(NOW - 6 * h, NOW, Some(10_000), NOW, &s).unwrap_err();
         assert!(e.message.contains("use a multiple of 1m"), "{}", e.message);
         let e = plan(NOW - 40 * h, NOW, Some(60_000), NOW, &s).unwrap();
-        assert_eq!(e.1, 60_000);
+        assert_eq!((e.0, e.1), (Resolution::Minute, 60_000));
+        // Steps that whole rollup buckets fit in read those rollups.
+        assert_eq!(
+            plan(NOW - 24 * h, NOW, Some(h), NOW, &s).unwrap().0,
+            Resolution::Hour
+        );
+        assert_eq!(
+            plan(NOW - h, NOW, Some(300_000), NOW, &s).unwrap().0,
+            Resolution::Minute
+        );
+        assert_eq!(
+            plan(NOW - h, NOW, Some(30_000), NOW, &s).unwrap().0,
+            Resolution::Raw
+        );
         let e = plan(NOW - 500 * 24 * h, NOW, Some(h), NOW, &s).unwrap_err();
         assert!(e.message.contains("too many"), "{}", e.message);
     }

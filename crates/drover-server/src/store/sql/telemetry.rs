@@ -728,13 +728,21 @@ impl TelemetryStore for SqlStore {
                             .or_insert_with(|| Agg::empty(true));
                         match read.resolution {
                             Resolution::Raw => slot.add(row.try_get(2)?),
-                            _ => slot.merge(&Agg {
-                                count: row.try_get::<i64, _>(2)?.max(0) as u64,
-                                sum: row.try_get(3)?,
-                                min: row.try_get(4)?,
-                                max: row.try_get(5)?,
-                                sketch: Some(decode_sketch(&row.try_get::<Vec<u8>, _>(6)?)?),
-                            }),
+                            _ => {
+                                let count = row.try_get::<i64, _>(2)?.max(0) as u64;
+                                if count > 0 {
+                                    slot.count += count;
+                                    slot.sum += row.try_get::<f64, _>(3)?;
+                                    slot.min = slot.min.min(row.try_get(4)?);
+                                    slot.max = slot.max.max(row.try_get(5)?);
+                                    if let Some(sk) = &mut slot.sketch {
+                                        let bytes: &[u8] = row.try_get(6)?;
+                                        sk.merge_encoded(bytes).map_err(|e| {
+                                            StoreError::Corrupt(format!("rollup sketch: {e}"))
+                                        })?;
+                                    }
+                                }
+                            }
                         }
                     }
                     Ok::<_, StoreError>(())

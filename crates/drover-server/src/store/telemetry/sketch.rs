@@ -140,15 +140,21 @@ impl Sketch {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Sketch, String> {
+        let mut s = Sketch::default();
+        s.merge_encoded(bytes)?;
+        Ok(s)
+    }
+
+    /// Merges an encoded sketch in without building it first (the hot loop
+    /// of percentile queries). On error, `self` may hold part of it.
+    pub fn merge_encoded(&mut self, bytes: &[u8]) -> Result<(), String> {
         let mut r = Reader { bytes, pos: 0 };
         match r.byte()? {
             VERSION => {}
             v => return Err(format!("unknown sketch version {v}")),
         }
-        let mut s = Sketch {
-            zero: r.varint()?,
-            ..Default::default()
-        };
+        let s = self;
+        s.zero += r.varint()?;
         for negative in [false, true] {
             let n = r.varint()?;
             if n > MAX_BINS as u64 {
@@ -166,14 +172,16 @@ impl Sketch {
                 } else {
                     &mut s.positive
                 };
-                bins.insert(key, c);
+                *bins.entry(key).or_default() += c;
                 prev = k;
             }
         }
+        collapse(&mut s.positive);
+        collapse(&mut s.negative);
         if r.pos != bytes.len() {
             return Err("trailing bytes after the sketch".into());
         }
-        Ok(s)
+        Ok(())
     }
 }
 
