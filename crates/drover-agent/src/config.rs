@@ -29,6 +29,7 @@ pub struct AgentConfig {
     pub renew_at_fraction_left: f64,
     pub inventory: InventoryConfig,
     pub update: crate::update::config::UpdateConfig,
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 impl Default for AgentConfig {
@@ -43,6 +44,7 @@ impl Default for AgentConfig {
             renew_at_fraction_left: 1.0 / 3.0,
             inventory: InventoryConfig::default(),
             update: crate::update::config::UpdateConfig::default(),
+            telemetry: crate::telemetry::TelemetryConfig::default(),
         }
     }
 }
@@ -57,6 +59,9 @@ impl AgentConfig {
                 cfg.inventory
                     .validate()
                     .map_err(|e| format!("{}: [inventory] {e}", path.display()))?;
+                cfg.telemetry
+                    .validate()
+                    .map_err(|e| format!("{}: [telemetry] {e}", path.display()))?;
                 Ok(cfg)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
@@ -87,5 +92,27 @@ mod tests {
             toml::from_str("apply_hook = \"/usr/bin/true\"\nreconnect_max_secs = 5").unwrap();
         assert_eq!(c.reconnect_max_secs, 5);
         assert!(toml::from_str::<AgentConfig>("aply_hook = \"x\"").is_err());
+    }
+
+    #[test]
+    fn a_bad_telemetry_section_is_refused_with_what_to_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "[telemetry]\ninterval_secs = 2\nservices = [\"nginx\"]\n[[telemetry.log_patterns]]\nfile = \"/var/log/app.log\"\npattern = \"*ERROR*\"\nevent = \"app.error\"\n",
+        )
+        .unwrap();
+        let c = AgentConfig::load(&path, true).unwrap();
+        assert_eq!(c.telemetry.interval_secs, 2);
+        assert_eq!(c.telemetry.log_patterns[0].severity, "warning");
+        std::fs::write(&path, "[telemetry]\nmax_buffer_bytes = 100\n").unwrap();
+        let e = AgentConfig::load(&path, true).unwrap_err();
+        assert!(
+            e.contains("[telemetry] max_buffer_bytes must be at least"),
+            "{e}"
+        );
+        std::fs::write(&path, "[telemetry]\nintervall_secs = 5\n").unwrap();
+        assert!(AgentConfig::load(&path, true).is_err(), "typos are errors");
     }
 }

@@ -13,6 +13,8 @@
 //! - [`config`]: the configuration file, `/etc/drover/agent.toml`.
 //! - [`update`]: the update engine (journaled state machine, resumable
 //!   verified downloads, health checks, rollback) and the installers.
+//! - [`telemetry`]: metrics and events, the offline buffer
+//!   (`DATA/telemetry.redb`), batches and acks on the control channel.
 //! - [`supervisor`]: `drover-agent supervise`, which starts the agent and
 //!   puts the previous binary back when a self-updated one fails its trial.
 //!
@@ -30,6 +32,7 @@ pub mod inventory;
 pub mod session;
 pub mod state;
 pub mod supervisor;
+pub mod telemetry;
 pub mod update;
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -18,6 +18,7 @@ use drover_agent::enroll::{EnrollError, Trust, enroll};
 use drover_agent::identity::{self, Identity};
 use drover_agent::session::{Agent, InventorySource, Stop};
 use drover_agent::state::AgentState;
+use drover_agent::telemetry::{TelemetryHandle, TelemetryParts};
 use drover_agent::update::download::MtlsSource;
 use drover_agent::update::engine::{EngineParts, UpdateHandle};
 use drover_proto::device::{EnrollStatus, EnrollmentToken};
@@ -261,6 +262,25 @@ async fn run(config: AgentConfig) -> ExitCode {
             let _ = restart_stop.send(true);
         }
     });
+    let telemetry = if config.telemetry.enabled {
+        let boot_id = match drover_agent::telemetry::clock::boot_id() {
+            Ok(b) => b,
+            Err(e) => return fail(2, format!("telemetry: {e}")),
+        };
+        match TelemetryHandle::spawn(TelemetryParts {
+            data_dir: data.clone(),
+            config: config.telemetry.clone(),
+            clock: Arc::new(drover_agent::telemetry::clock::SystemClock),
+            boot_id,
+            proc_dir: PathBuf::from("/proc"),
+            sys_dir: PathBuf::from("/sys"),
+        }) {
+            Ok(t) => Some(t),
+            Err(e) => return fail(2, format!("telemetry: {e}")),
+        }
+    } else {
+        None
+    };
     let mut agent = Agent {
         identity,
         applier: Applier::Files {
@@ -277,6 +297,7 @@ async fn run(config: AgentConfig) -> ExitCode {
         renew_at_fraction_left: config.renew_at_fraction_left,
         stats: Default::default(),
         update: Some(update),
+        telemetry,
     };
     match agent.run(stop).await {
         Stop::Requested if restarting.load(std::sync::atomic::Ordering::SeqCst) => {

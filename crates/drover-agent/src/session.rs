@@ -14,6 +14,11 @@
 //! again after every reconnect until the server acks a final one), its
 //! `update.*` inventory keys and the connection state. Without an engine
 //! (simulated devices) targets are answered `failed` / `updates_disabled`.
+//!
+//! Telemetry works the same way ([`crate::telemetry::TelemetryHandle`]):
+//! the channel tells the telemetry task when a connection is up or down,
+//! sends the batches it hands over, and passes each `telemetry_ack` back.
+//! Without it (simulated devices) no telemetry is sent.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -129,6 +134,8 @@ pub struct Agent {
     pub stats: Arc<Stats>,
     /// The update engine; `None` refuses updates (`updates_disabled`).
     pub update: Option<UpdateHandle>,
+    /// The telemetry task; `None` sends no telemetry.
+    pub telemetry: Option<crate::telemetry::TelemetryHandle>,
 }
 
 #[derive(Debug, Default)]
@@ -196,6 +203,9 @@ impl Agent {
                 .store(false, std::sync::atomic::Ordering::Relaxed);
             if let Some(u) = &self.update {
                 u.set_connected(false);
+            }
+            if let Some(t) = &mut self.telemetry {
+                t.disconnected();
             }
             match end {
                 SessionEnd::Stop(s) => return s,
@@ -311,6 +321,9 @@ impl Agent {
             u.set_connected(true);
             u.statuses()
         });
+        if let Some(t) = &mut self.telemetry {
+            t.connected();
+        }
         // The latest update status again, until a final one is acked.
         // (The watch guard must be dropped before awaiting: it is not Send.)
         let pending = statuses
@@ -420,6 +433,16 @@ impl Agent {
                         // What the device runs changed: report the
                         // `update.*` inventory keys now, not at the next tick.
                         inventory_tick.reset_immediately();
+                    }
+                }
+                batch = async {
+                    match &mut self.telemetry {
+                        Some(t) => t.next_batch().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Err(e) = ws.send(Message::Binary(encode(&batch).into())).await {
+                        return SessionEnd::Retry(format!("send failed: {e}"), was_up(connected_at));
                     }
                 }
                 _ = inventory_tick.tick() => {
@@ -641,8 +664,12 @@ impl Agent {
                 }
                 Ok(vec![])
             }
-            // Telemetry is not sent yet (issue 5); an ack has nothing to delete.
-            ServerMessage::TelemetryAck(_) => Ok(vec![]),
+            ServerMessage::TelemetryAck(ack) => {
+                if let Some(t) = &self.telemetry {
+                    t.ack(ack);
+                }
+                Ok(vec![])
+            }
             ServerMessage::Error {
                 code,
                 message,
@@ -696,6 +723,7 @@ mod tests {
             renew_at_fraction_left: 1.0 / 3.0,
             stats: Default::default(),
             update: None,
+            telemetry: None,
         }
     }
 

@@ -268,6 +268,8 @@ pub async fn start_fleet(
             renew_at_fraction_left: 1.0 / 3.0,
             stats: st,
             update,
+            // Simulated devices send no telemetry.
+            telemetry: None,
         };
         let mut global = global_stop.subscribe();
         tasks.spawn(async move {
