@@ -82,6 +82,41 @@ fn build(cli: &Cli, dir: &Path, version: &str, payload: &Path, extra: &[&str]) -
     out.to_string_lossy().to_string()
 }
 
+/// A server in DIR/server, a logged-in CLI and a root key DIR/root.key;
+/// returns the root's public key.
+fn fleet(d: &Path) -> (common::ServerProc, Cli, String) {
+    let server = start_server(&d.join("server"), None, &[]);
+    let cli = Cli::new();
+    cli.login(&server, &server.admin_token());
+    let root = cli.json(&[
+        "release",
+        "keygen",
+        "--root",
+        "-o",
+        d.join("root.key").to_str().unwrap(),
+    ]);
+    let root_pub = root["public_key"]
+        .as_str()
+        .expect("keygen prints the public key")
+        .to_string();
+    (server, cli, root_pub)
+}
+
+/// Waits until the device is online, showing the agent's log if it is not.
+fn wait_online(cli: &Cli, a: &AgentProc) -> String {
+    let id = a.device_id();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while common::device(cli, &id)["connection"] != "online" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "device {id} did not come online: {}",
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    id
+}
+
 /// A release key, vouched for by the root in DIR/root.key through a key list.
 fn release_keys(cli: &Cli, d: &Path) {
     cli.json(&[
@@ -109,41 +144,8 @@ fn release_keys(cli: &Cli, d: &Path) {
 fn a_signed_release_is_committed_everywhere_and_a_broken_one_rolls_back_on_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let server = start_server(&d.join("server"), None, &[]);
-    let cli = Cli::new();
-    cli.login(&server, &server.admin_token());
-
-    // Keys, offline: a root the devices trust and a release key it vouches for.
-    let root = cli.json(&[
-        "release",
-        "keygen",
-        "--root",
-        "-o",
-        d.join("root.key").to_str().unwrap(),
-    ]);
-    let root_pub = root["public_key"]
-        .as_str()
-        .expect("keygen prints the public key")
-        .to_string();
-    cli.json(&[
-        "release",
-        "keygen",
-        "-o",
-        d.join("release.key").to_str().unwrap(),
-    ]);
-    cli.json(&[
-        "release",
-        "keys",
-        "sign",
-        "--root-key",
-        d.join("root.key").to_str().unwrap(),
-        "--key",
-        d.join("release.key.pub").to_str().unwrap(),
-        "--version",
-        "1",
-        "-o",
-        d.join("keys.json").to_str().unwrap(),
-    ]);
+    let (_server, cli, root_pub) = fleet(d);
+    release_keys(&cli, d);
 
     // Three devices: one trusts the root from its config, two from the token.
     let token = enroll_token(
@@ -175,16 +177,7 @@ fn a_signed_release_is_committed_everywhere_and_a_broken_one_rolls_back_on_its_o
         agents.push((a, apps));
     }
     for (a, _) in &agents {
-        let id = a.device_id();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while common::device(&cli, &id)["connection"] != "online" {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "device {id} did not come online: {}",
-                a.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_online(&cli, a);
     }
     cli.json(&["groups", "create", "lobby", "--query", "tag.site = \"e2e\""]);
 
@@ -299,17 +292,7 @@ fn broken_agent_binary(dir: &Path) -> std::path::PathBuf {
 fn a_self_update_to_an_agent_that_exits_at_once_is_reverted_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let server = start_server(&d.join("server"), None, &[]);
-    let cli = Cli::new();
-    cli.login(&server, &server.admin_token());
-    let root = cli.json(&[
-        "release",
-        "keygen",
-        "--root",
-        "-o",
-        d.join("root.key").to_str().unwrap(),
-    ]);
-    let root_pub = root["public_key"].as_str().unwrap().to_string();
+    let (_server, cli, root_pub) = fleet(d);
     let token = enroll_token(&cli, &[]);
 
     let agent_dir = d.join("agent-versions");
@@ -347,10 +330,7 @@ healthy_within_secs = 15
             .spawn()
             .unwrap(),
     );
-    let id = a.device_id();
-    wait_for("device online", Duration::from_secs(30), || {
-        (common::device(&cli, &id)["connection"] == "online").then_some(())
-    });
+    let id = wait_online(&cli, &a);
 
     let bin = broken_agent_binary(d);
     let bundle = d.join("agent-9.9.9.drover");
@@ -426,17 +406,7 @@ fn bytes_served(server: &common::ServerProc) -> u64 {
 fn an_agent_killed_mid_download_resumes_where_it_stopped_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let server = start_server(&d.join("server"), None, &[]);
-    let cli = Cli::new();
-    cli.login(&server, &server.admin_token());
-    let root = cli.json(&[
-        "release",
-        "keygen",
-        "--root",
-        "-o",
-        d.join("root.key").to_str().unwrap(),
-    ]);
-    let root_pub = root["public_key"].as_str().unwrap().to_string();
+    let (server, cli, root_pub) = fleet(d);
     let token = enroll_token(&cli, &[]);
     let apps = d.join("apps");
     // 1 MiB/s: the 3 MiB payload takes about three seconds.
@@ -447,10 +417,7 @@ fn an_agent_killed_mid_download_resumes_where_it_stopped_after_restart() {
     let mut a = AgentProc::new(d, "dev", &toml);
     assert!(a.enroll_with(&token).status.success());
     a.start();
-    let id = a.device_id();
-    wait_for("device online", Duration::from_secs(30), || {
-        (common::device(&cli, &id)["connection"] == "online").then_some(())
-    });
+    let id = wait_online(&cli, &a);
 
     // A 3 MiB app: a shell script padded with a comment of random-ish bytes.
     let size = 3 << 20;
@@ -509,28 +476,15 @@ fn with_the_server_killed_mid_update_the_device_finishes_alone_and_reports_on_re
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let data = d.join("server");
-    let server = start_server(&data, None, &[]);
+    let (server, cli, root_pub) = fleet(d);
     let port = server.port();
-    let cli = Cli::new();
-    cli.login(&server, &server.admin_token());
-    let root = cli.json(&[
-        "release",
-        "keygen",
-        "--root",
-        "-o",
-        d.join("root.key").to_str().unwrap(),
-    ]);
-    let root_pub = root["public_key"].as_str().unwrap().to_string();
     release_keys(&cli, d);
     let token = enroll_token(&cli, &[]);
     let apps = d.join("apps");
     let mut a = AgentProc::new(d, "dev", &agent_toml(&apps, &root_pub));
     assert!(a.enroll_with(&token).status.success());
     a.start();
-    let id = a.device_id();
-    wait_for("device online", Duration::from_secs(30), || {
-        (common::device(&cli, &id)["connection"] == "online").then_some(())
-    });
+    let id = wait_online(&cli, &a);
 
     // The health check takes a few seconds: the server dies meanwhile.
     let flag = d.join("health-started");

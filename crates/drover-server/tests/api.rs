@@ -160,14 +160,16 @@ fn concrete(path: &str, f: &Fixture) -> String {
         .replace("{sha256}", &"ab".repeat(32))
 }
 
-/// Puts a device, a group and an enrollment token into the store.
-async fn fixture(api: &Api, token_id: String) -> Fixture {
-    use drover_server::store::{Change, DeviceRecord, EnrollTokenRecord, Enrollment, GroupRecord};
-    let device = DeviceRecord {
-        id: "0123456789abcdef01234567".into(),
-        public_key: "00".into(),
-        enrollment: Enrollment::Pending,
-        hostname: Some("walker".into()),
+/// A bare device record.
+fn device_record(
+    id: &str,
+    enrollment: drover_server::store::Enrollment,
+) -> drover_server::store::DeviceRecord {
+    drover_server::store::DeviceRecord {
+        id: id.into(),
+        public_key: format!("pk-{id}"),
+        enrollment,
+        hostname: None,
         tags: Default::default(),
         inventory: Default::default(),
         inventory_hash: None,
@@ -181,6 +183,16 @@ async fn fixture(api: &Api, token_id: String) -> Fixture {
         updated_at: 1,
         last_seen: None,
         version: 1,
+    }
+}
+
+/// Puts a device, a group and an enrollment token into the store.
+async fn fixture(api: &Api, token_id: String) -> Fixture {
+    use drover_server::store::{Change, DeviceRecord, EnrollTokenRecord, Enrollment, GroupRecord};
+    let device = DeviceRecord {
+        public_key: "00".into(),
+        hostname: Some("walker".into()),
+        ..device_record("0123456789abcdef01234567", Enrollment::Pending)
     };
     let group = GroupRecord {
         name: "fixture".into(),
@@ -678,26 +690,8 @@ impl Api {
     }
 
     async fn put_device(&self, id: &str, enrollment: drover_server::store::Enrollment) {
-        use drover_server::store::{Change, DeviceRecord};
-        let d = DeviceRecord {
-            id: id.into(),
-            public_key: format!("pk-{id}"),
-            enrollment,
-            hostname: None,
-            tags: Default::default(),
-            inventory: Default::default(),
-            inventory_hash: None,
-            desired: Default::default(),
-            reported: None,
-            agent_version: None,
-            cert_serial: None,
-            cert_not_after: None,
-            enrolled_via: None,
-            created_at: 1,
-            updated_at: 1,
-            last_seen: None,
-            version: 1,
-        };
+        use drover_server::store::Change;
+        let d = device_record(id, enrollment);
         let put = Change::PutDevice {
             device: d,
             expected_version: None,
