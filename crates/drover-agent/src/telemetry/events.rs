@@ -6,7 +6,9 @@
 //! agent started are matched (the file is not replayed at start), a
 //! rotated file (new inode at the path) is read to its end before the new
 //! one is read from its start, and a truncated file is read again from its
-//! start. A pattern is a glob over the whole line: `*` any run of
+//! start (noticed when the file is shorter than what was read; a file
+//! truncated and then written past that point between two polls is not
+//! noticed, as with `tail -F`). A pattern is a glob over the whole line: `*` any run of
 //! characters, `?` one character, everything else literal, so `*ERROR*`
 //! matches any line containing `ERROR`. There is no regular-expression
 //! engine, to keep the agent small. At most 256 KiB are read per file per
