@@ -175,3 +175,35 @@ fn a_followed_log_survives_rotation_and_truncation() {
     assert_eq!(tail.poll(10, &mut few), 20);
     assert_eq!(few.len(), 10);
 }
+
+/// Not a test: prints what a commit costs on this disk (docs/benchmarks.md).
+/// `cargo test -p drover-agent --release --test telemetry_buffer -- --ignored --nocapture commit_cost`
+#[test]
+#[ignore]
+fn commit_cost() {
+    let dir =
+        tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let mut b = Buffer::open(&dir.path().join(FILE), "boot-c", 1 << 26).unwrap();
+    let n = 200;
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        b.push(
+            (0..30).map(|j| record(i * 30 + j)).collect(),
+            &HashSet::new(),
+        )
+        .unwrap();
+    }
+    let push = t.elapsed() / n as u32;
+    let t = std::time::Instant::now();
+    let mut acks = 0;
+    while let Some(s) = b
+        .select(Pick::Oldest, &HashSet::new(), false, 500, 60_000)
+        .unwrap()
+    {
+        b.ack(&s.keys, 0).unwrap();
+        acks += 1;
+    }
+    let ack = t.elapsed() / acks;
+    println!("push of 30 records, Durability::Immediate: {push:?} each ({n} pushes)");
+    println!("select + ack of a batch, Durability::None: {ack:?} each ({acks} batches)");
+}
