@@ -65,7 +65,7 @@ echo "== after ${DURATION}s at default intervals"
 for mode in on off; do
   p=${PIDS[$mode]}
   t1=$(ticks "$p")
-  cpu=$(echo "scale=4; ($t1 - ${T0[$mode]}) / $HZ / ($END - $START) * 100" | bc)
+  cpu=$(echo "scale=8; ($t1 - ${T0[$mode]}) * 100 / $HZ / ($END - $START)" | bc)
   printf 'telemetry %-3s cpu_ticks=%d (%s Hz)  cpu=%s%% of one core  %s' "$mode" "$((t1 - T0[$mode]))" "$HZ" "$cpu" \
     "$(awk '/^(VmRSS|VmHWM|Threads):/ {printf "%s %s  ", $1, $2}' "/proc/$p/status")"
   f="$WORK/agent-$mode/telemetry.redb"
