@@ -280,6 +280,29 @@ fn demo_runs_a_fleet_that_the_cli_can_explore() {
     );
     let groups = cli.json(&["groups", "list"]);
     assert_eq!(groups["groups"].as_array().unwrap().len(), 3);
+    // The update the demo suggests: its devices trust the demo root key.
+    let app = dir.path().join("app.txt");
+    std::fs::write(&app, "hello v1\n").unwrap();
+    let bundle = dir.path().join("demo-app.drover");
+    cli.json(&[
+        "release",
+        "build",
+        "--name",
+        "demo-app",
+        "--version",
+        "1.0.0",
+        "--device-type",
+        info["device_type"].as_str().unwrap(),
+        "--payload",
+        &format!("app:{}", app.display()),
+        "--key",
+        info["release_root_key"].as_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+    ]);
+    cli.json(&["release", "publish", bundle.to_str().unwrap()]);
+    let dep = cli.json(&["deploy", "demo-app@1.0.0", "--group", "eu", "--wait", "60"]);
+    assert_eq!(dep["counts"]["committed"], 3, "{dep}");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(status.success(), "demo stops cleanly on SIGTERM: {status}");

@@ -70,6 +70,20 @@ pub async fn run(args: DemoArgs, json: bool) -> CliResult<()> {
                 .await?;
         }
     }
+    // A release root key for the demo fleet, so updates can be tried. In a
+    // real fleet it is made offline (`drover release keygen --root`) and
+    // never stored next to the server.
+    let root_path = server.data_dir.join("demo-release-root.key");
+    let root = match std::fs::read_to_string(&root_path) {
+        Ok(text) => drover_release::KeyPair::from_file_text(&text).map_err(CliError::failed)?,
+        Err(_) => {
+            let k = drover_release::KeyPair::generate(drover_release::keys::KeyRole::Root)
+                .map_err(CliError::failed)?;
+            drover_server::fsutil::write_atomic(&root_path, k.to_file_text().as_bytes(), 0o600)
+                .map_err(|e| CliError::failed(format!("{}: {e}", root_path.display())))?;
+            k
+        }
+    };
     // Half the fleet in each region, kiosks and routers mixed.
     let mut fleets = Vec::new();
     for (region, count) in [("eu", args.devices.div_ceil(2)), ("us", args.devices / 2)] {
@@ -101,9 +115,10 @@ pub async fn run(args: DemoArgs, json: bool) -> CliResult<()> {
             concurrency: 16,
             spread_addresses: true,
             reconnect_max_secs: 10,
-            updates_dir: None,
-            device_type: "drover-sim".into(),
-            release_roots: vec![],
+            // Each simulated device runs the real update engine.
+            updates_dir: Some(server.data_dir.join("demo-devices")),
+            device_type: "demo-box".into(),
+            release_roots: vec![root.public().to_string()],
         };
         fleets.push(super::sim::start_fleet(&token, &sim, !json).await?);
     }
@@ -113,6 +128,7 @@ pub async fn run(args: DemoArgs, json: bool) -> CliResult<()> {
     if json {
         crate::output::json(&serde_json::json!({
             "url": url, "admin_token": admin, "ca_cert": ca_path, "devices": args.devices, "data_dir": data.to_string(),
+            "release_root_key": root_path, "device_type": "demo-box",
         }))?;
     } else {
         println!(
@@ -133,6 +149,13 @@ pub async fn run(args: DemoArgs, json: bool) -> CliResult<()> {
         println!("  drover groups list");
         println!("  drover groups set-desired eu ntp=time.example.eu log_level=debug");
         println!("  drover devices show <ID>");
+        println!("\nTry an update (the demo devices trust {data}/demo-release-root.key):");
+        println!("  echo 'hello v1' > app.txt");
+        println!(
+            "  drover release build --name demo-app --version 1.0.0 --device-type demo-box --payload app:app.txt --key {data}/demo-release-root.key -o demo-app.drover"
+        );
+        println!("  drover release publish demo-app.drover");
+        println!("  drover deploy demo-app@1.0.0 --group eu --wait 60");
         println!("\nAPI description: {url}/api/v1/openapi.json   metrics: {url}/metrics");
         println!("Press Ctrl-C to stop.");
     }
