@@ -30,6 +30,7 @@ pub struct AgentConfig {
     pub inventory: InventoryConfig,
     pub update: crate::update::config::UpdateConfig,
     pub telemetry: crate::telemetry::TelemetryConfig,
+    pub rules: crate::rules::RulesConfig,
 }
 
 impl Default for AgentConfig {
@@ -45,6 +46,7 @@ impl Default for AgentConfig {
             inventory: InventoryConfig::default(),
             update: crate::update::config::UpdateConfig::default(),
             telemetry: crate::telemetry::TelemetryConfig::default(),
+            rules: crate::rules::RulesConfig::default(),
         }
     }
 }
@@ -62,6 +64,9 @@ impl AgentConfig {
                 cfg.telemetry
                     .validate()
                     .map_err(|e| format!("{}: [telemetry] {e}", path.display()))?;
+                cfg.rules
+                    .validate()
+                    .map_err(|e| format!("{}: [rules] {e}", path.display()))?;
                 Ok(cfg)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {

@@ -15,6 +15,9 @@
 //!   verified downloads, health checks, rollback) and the installers.
 //! - [`telemetry`]: metrics and events, the offline buffer
 //!   (`DATA/telemetry.redb`), batches and acks on the control channel.
+//! - [`rules`]: rule sets from the desired state, evaluated on the device
+//!   (processes, ports, files, metrics) with actions the local policy
+//!   allows ([docs/rules.md](../../docs/rules.md)).
 //! - [`supervisor`]: `drover-agent supervise`, which starts the agent and
 //!   puts the previous binary back when a self-updated one fails its trial.
 //!
@@ -29,6 +32,7 @@ pub mod enroll;
 pub mod https;
 pub mod identity;
 pub mod inventory;
+pub mod rules;
 pub mod session;
 pub mod state;
 pub mod supervisor;

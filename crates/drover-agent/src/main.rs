@@ -281,6 +281,14 @@ async fn run(config: AgentConfig) -> ExitCode {
     } else {
         None
     };
+    let rules = config.rules.enabled.then(|| {
+        drover_agent::rules::RulesHandle::spawn(drover_agent::rules::RulesParts {
+            data_dir: Some(data.clone()),
+            config: config.rules.clone(),
+            proc_dir: PathBuf::from("/proc"),
+            sys_dir: PathBuf::from("/sys"),
+        })
+    });
     let mut agent = Agent {
         identity,
         applier: Applier::Files {
@@ -298,6 +306,7 @@ async fn run(config: AgentConfig) -> ExitCode {
         stats: Default::default(),
         update: Some(update),
         telemetry,
+        rules,
     };
     match agent.run(stop).await {
         Stop::Requested if restarting.load(std::sync::atomic::Ordering::SeqCst) => {

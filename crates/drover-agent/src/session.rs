@@ -19,6 +19,11 @@
 //! the channel tells the telemetry task when a connection is up or down,
 //! sends the batches it hands over, and passes each `telemetry_ack` back.
 //! Without it (simulated devices) no telemetry is sent.
+//!
+//! Rules too ([`crate::rules::RulesHandle`], docs/rules.md): each desired
+//! state's rule set is offered to the rules engine; the channel sends the
+//! event batches it hands over, routes acks of its stream to it, and sends
+//! the inventory (`rules.*` keys) soon after its status changes.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -136,6 +141,8 @@ pub struct Agent {
     pub update: Option<UpdateHandle>,
     /// The telemetry task; `None` sends no telemetry.
     pub telemetry: Option<crate::telemetry::TelemetryHandle>,
+    /// The rules engine; `None` ignores rule sets.
+    pub rules: Option<crate::rules::RulesHandle>,
 }
 
 #[derive(Debug, Default)]
@@ -206,6 +213,9 @@ impl Agent {
             }
             if let Some(t) = &mut self.telemetry {
                 t.disconnected();
+            }
+            if let Some(r) = &self.rules {
+                r.set_connected(false);
             }
             match end {
                 SessionEnd::Stop(s) => return s,
@@ -323,6 +333,9 @@ impl Agent {
         });
         if let Some(t) = &mut self.telemetry {
             t.connected();
+        }
+        if let Some(r) = &self.rules {
+            r.set_connected(true);
         }
         // The latest update status again, until a final one is acked.
         // (The watch guard must be dropped before awaiting: it is not Send.)
@@ -445,6 +458,20 @@ impl Agent {
                         return SessionEnd::Retry(format!("send failed: {e}"), was_up(connected_at));
                     }
                 }
+                out = async {
+                    match &mut self.rules {
+                        Some(r) => r.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => match out {
+                    crate::rules::RulesOut::Send(msg) => {
+                        if let Err(e) = ws.send(Message::Binary(encode(&msg).into())).await {
+                            return SessionEnd::Retry(format!("send failed: {e}"), was_up(connected_at));
+                        }
+                    }
+                    // The active rule set changed: report `rules.*` now.
+                    crate::rules::RulesOut::Status => inventory_tick.reset_immediately(),
+                },
                 _ = inventory_tick.tick() => {
                     let current = self.collect_inventory().await;
                     let acked = self.state.inventory_acked_hash.clone();
@@ -468,6 +495,9 @@ impl Agent {
         let mut doc = self.inventory.collect_raw().await;
         if let Some(u) = &self.update {
             doc.extend(u.inventory());
+        }
+        if let Some(r) = &self.rules {
+            doc.extend(r.inventory());
         }
         bounded(doc)
     }
@@ -555,7 +585,11 @@ impl Agent {
                 revision,
                 config,
                 update,
+                rules,
             } => {
+                if let Some(r) = &self.rules {
+                    r.offer(rules);
+                }
                 let mut out = Vec::new();
                 if let Some(t) = update {
                     match &self.update {
@@ -665,7 +699,9 @@ impl Agent {
                 Ok(vec![])
             }
             ServerMessage::TelemetryAck(ack) => {
-                if let Some(t) = &self.telemetry {
+                if let Some(r) = self.rules.as_ref().filter(|r| r.owns(&ack)) {
+                    r.ack(ack);
+                } else if let Some(t) = &self.telemetry {
                     t.ack(ack);
                 }
                 Ok(vec![])
@@ -724,6 +760,7 @@ mod tests {
             stats: Default::default(),
             update: None,
             telemetry: None,
+            rules: None,
         }
     }
 
@@ -830,6 +867,7 @@ mod tests {
                     revision: "r1".into(),
                     config: good.clone(),
                     update: None,
+                    rules: None,
                 },
                 &mut none,
             )
@@ -844,6 +882,7 @@ mod tests {
                     revision: "r2".into(),
                     config: bad,
                     update: None,
+                    rules: None,
                 },
                 &mut none,
             )
@@ -900,6 +939,7 @@ mod tests {
                     revision: "r1".into(),
                     config: Document::new(),
                     update: Some(target),
+                    rules: None,
                 },
                 &mut none,
             )

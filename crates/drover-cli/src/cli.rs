@@ -82,6 +82,9 @@ pub enum Command {
     /// Fleet metrics (aggregates by group and tag) and one device's telemetry.
     #[command(subcommand)]
     Metrics(crate::cmd::metrics::MetricsCommand),
+    /// Agent-side rule sets of groups and devices (docs/rules.md).
+    #[command(subcommand)]
+    Rules(crate::cmd::rules::RulesCommand),
     /// Run many simulated devices in this process, over the real protocol.
     Sim(SimArgs),
     /// Start a server on the embedded default with a simulated fleet to explore.

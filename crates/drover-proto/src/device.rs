@@ -264,6 +264,23 @@ pub struct UpdateTarget {
     pub allow_downgrade: bool,
 }
 
+/// Largest rule set text in the desired state (docs/rules.md).
+pub const MAX_RULES_TEXT_BYTES: usize = 32 * 1024;
+
+/// The rule set a device should run, part of the desired state: the text
+/// exactly as the operator stored it. The device parses and checks it
+/// itself (docs/rules.md) and keeps its previous set if it is refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSetTarget {
+    /// `group:NAME` or `device:ID`: whose rule set this is.
+    pub source: String,
+    /// The `version` of the set, as the server read it.
+    pub version: String,
+    /// The rule set (TOML text).
+    pub text: String,
+}
+
 /// Server → device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -284,6 +301,9 @@ pub enum ServerMessage {
         /// The release to run, when a deployment targets the device.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         update: Option<UpdateTarget>,
+        /// The rule set to run (docs/rules.md); absent: none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rules: Option<RuleSetTarget>,
     },
     /// A final [`UpdateStatus`] is stored; stop resending it.
     UpdateAck {
@@ -367,7 +387,19 @@ pub fn decode_agent(frame: &[u8]) -> Result<AgentMessage, DecodeError> {
 }
 
 pub fn decode_server(frame: &[u8]) -> Result<ServerMessage, DecodeError> {
-    decode(frame)
+    let msg: ServerMessage = decode(frame)?;
+    match &msg {
+        ServerMessage::Desired { rules: Some(r), .. }
+            if r.text.len() > MAX_RULES_TEXT_BYTES
+                || r.version.len() > 64
+                || r.source.len() > 200 =>
+        {
+            Err(DecodeError::Malformed(format!(
+                "a rule set is at most {MAX_RULES_TEXT_BYTES} bytes with a version of at most 64"
+            )))
+        }
+        _ => Ok(msg),
+    }
 }
 
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
@@ -473,6 +505,33 @@ mod tests {
             dropped: 0,
         });
         assert_eq!(decode_agent(&encode(&batch)), Ok(batch));
+        let desired = ServerMessage::Desired {
+            revision: "r".into(),
+            config: Document::new(),
+            update: None,
+            rules: Some(RuleSetTarget {
+                source: "group:g".into(),
+                version: "1".into(),
+                text: "version = 1\n".into(),
+            }),
+        };
+        assert_eq!(decode_server(&encode(&desired)), Ok(desired));
+        let huge = ServerMessage::Desired {
+            revision: "r".into(),
+            config: Document::new(),
+            update: None,
+            rules: Some(RuleSetTarget {
+                source: "group:g".into(),
+                version: "1".into(),
+                text: "#".repeat(MAX_RULES_TEXT_BYTES + 1),
+            }),
+        };
+        assert!(decode_server(&encode(&huge)).is_err());
+        let without = br#"{"type":"desired","revision":"r","config":{}}"#;
+        assert!(matches!(
+            decode_server(without),
+            Ok(ServerMessage::Desired { rules: None, .. })
+        ));
         let w = ServerMessage::Error {
             code: "revoked".into(),
             message: "m".into(),

@@ -515,7 +515,9 @@ pub fn parse(text: &str) -> Result<RuleSet, RulesError> {
                 return Err(err_at(
                     text,
                     span.start,
-                    format!("version must be 1-{MAX_VERSION_BYTES} characters from letters, digits and _.-+:"),
+                    format!(
+                        "version must be 1-{MAX_VERSION_BYTES} characters from letters, digits and _.-+:"
+                    ),
                 ));
             }
             text_v
@@ -539,7 +541,9 @@ pub fn parse(text: &str) -> Result<RuleSet, RulesError> {
             return Err(err_at(
                 text,
                 name_at,
-                format!("rule name {name:?} must be 1-{MAX_NAME_BYTES} characters from letters, digits and _.-"),
+                format!(
+                    "rule name {name:?} must be 1-{MAX_NAME_BYTES} characters from letters, digits and _.-"
+                ),
             ));
         }
         if !names.insert(name.clone()) {
@@ -559,7 +563,8 @@ pub fn parse(text: &str) -> Result<RuleSet, RulesError> {
                     format!("rule {name:?}: condition: {}", serde_message(&e)),
                 )
             })?;
-        check_condition(&condition).map_err(|m| err_at(text, cond_at, format!("rule {name:?}: {m}")))?;
+        check_condition(&condition)
+            .map_err(|m| err_at(text, cond_at, format!("rule {name:?}: {m}")))?;
         let actions_at = r.actions.span().start;
         let raw_actions = r.actions.into_inner();
         if raw_actions.is_empty() || raw_actions.len() > MAX_ACTIONS {
@@ -572,15 +577,16 @@ pub fn parse(text: &str) -> Result<RuleSet, RulesError> {
         let mut actions = Vec::with_capacity(raw_actions.len());
         for a in raw_actions {
             let at = a.span().start;
-            let action: Action = toml::Value::Table(a.into_inner()).try_into().map_err(
-                |e: toml::de::Error| {
-                    err_at(
-                        text,
-                        at,
-                        format!("rule {name:?}: action: {}", serde_message(&e)),
-                    )
-                },
-            )?;
+            let action: Action =
+                toml::Value::Table(a.into_inner())
+                    .try_into()
+                    .map_err(|e: toml::de::Error| {
+                        err_at(
+                            text,
+                            at,
+                            format!("rule {name:?}: action: {}", serde_message(&e)),
+                        )
+                    })?;
             check_action(&action, &condition)
                 .map_err(|m| err_at(text, at, format!("rule {name:?}: {m}")))?;
             actions.push(action);
@@ -606,12 +612,16 @@ fn check_condition(c: &Condition) -> Result<(), String> {
             window_secs,
         } => {
             if !valid_metric_name(metric) {
-                return Err(format!("metric name {metric:?} is not a metric name (letters, digits and _.-/:, starting with a letter)"));
+                return Err(format!(
+                    "metric name {metric:?} is not a metric name (letters, digits and _.-/:, starting with a letter)"
+                ));
             }
             match (above, below) {
                 (Some(v), None) | (None, Some(v)) if v.is_finite() => {}
                 (Some(_), Some(_)) | (None, None) => {
-                    return Err("a metric condition needs exactly one of `above` and `below`".into());
+                    return Err(
+                        "a metric condition needs exactly one of `above` and `below`".into(),
+                    );
                 }
                 _ => return Err("the threshold must be a finite number".into()),
             }
@@ -625,7 +635,10 @@ fn check_condition(c: &Condition) -> Result<(), String> {
                 return Err("a process condition needs `name`, `exe` or `sha256`".into());
             }
             if let Some(n) = name
-                && (n.is_empty() || n.len() > MAX_COMM_BYTES || n.contains('/') || n.chars().any(char::is_control))
+                && (n.is_empty()
+                    || n.len() > MAX_COMM_BYTES
+                    || n.contains('/')
+                    || n.chars().any(char::is_control))
             {
                 return Err(format!(
                     "process name {n:?} can never match: the kernel keeps 1-{MAX_COMM_BYTES} bytes of a name (/proc/PID/comm) without '/'; match a longer name with `exe`"
@@ -674,10 +687,17 @@ fn check_action(a: &Action, c: &Condition) -> Result<(), String> {
             if let Some(n) = name
                 && !valid_metric_name(n)
             {
-                return Err(format!("event name {n:?} must be letters, digits and _.-/: (at most 128), starting with a letter"));
+                return Err(format!(
+                    "event name {n:?} must be letters, digits and _.-/: (at most 128), starting with a letter"
+                ));
             }
-            if message.as_ref().is_some_and(|m| m.len() > MAX_MESSAGE_BYTES) {
-                return Err(format!("an event message is at most {MAX_MESSAGE_BYTES} bytes"));
+            if message
+                .as_ref()
+                .is_some_and(|m| m.len() > MAX_MESSAGE_BYTES)
+            {
+                return Err(format!(
+                    "an event message is at most {MAX_MESSAGE_BYTES} bytes"
+                ));
             }
         }
         Action::Kill { grace_secs } => {

@@ -39,7 +39,10 @@ fn a_good_set_parses_with_defaults_and_rule_positions() {
     assert_eq!(set.version, "7");
     assert_eq!(set.rules.len(), 5);
     let r = &set.rules[0];
-    assert_eq!((r.name.as_str(), r.line, r.column), ("no-cryptominer", 4, 8));
+    assert_eq!(
+        (r.name.as_str(), r.line, r.column),
+        ("no-cryptominer", 4, 8)
+    );
     assert_eq!(
         r.condition.process_match().unwrap().name,
         Some("cryptominer")
@@ -62,7 +65,10 @@ fn a_good_set_parses_with_defaults_and_rule_positions() {
     ));
     let text = "version = \"2026-11-27.a\"\n";
     assert_eq!(parse(text).unwrap().version, "2026-11-27.a");
-    assert!(parse(text).unwrap().rules.is_empty(), "an empty set is valid");
+    assert!(
+        parse(text).unwrap().rules.is_empty(),
+        "an empty set is valid"
+    );
 }
 
 fn error(text: &str) -> RulesError {
@@ -73,7 +79,9 @@ fn error(text: &str) -> RulesError {
 fn syntax_errors_name_the_line_and_column() {
     let e = error("version = 1\n\n[[rules]]\nname = \"x\nactions = []\n");
     assert_eq!(e.line, 4, "{e}");
-    let e = error("version = 1\n[[rules]]\nname = \"a\"\ncondition = { kind = \"process_running\", name = \"x\" }\nactions = [{ kind = \"event\" }]\ncolour = \"red\"\n");
+    let e = error(
+        "version = 1\n[[rules]]\nname = \"a\"\ncondition = { kind = \"process_running\", name = \"x\" }\nactions = [{ kind = \"event\" }]\ncolour = \"red\"\n",
+    );
     assert_eq!(e.line, 6, "{e}");
     assert!(e.message.contains("colour"), "{e}");
 }
@@ -94,21 +102,60 @@ fn an_unknown_action_or_condition_is_refused_with_its_line() {
     let e = error(
         "version = 1\n[[rules]]\nname = \"a\"\ncondition = { kind = \"port_listening\", port = 22, host = \"x\" }\nactions = [{ kind = \"event\" }]\n",
     );
-    assert!(e.message.contains("host"), "unknown fields are refused: {e}");
+    assert!(
+        e.message.contains("host"),
+        "unknown fields are refused: {e}"
+    );
 }
 
 #[test]
 fn semantic_errors_name_the_line() {
     let cases: &[(&str, usize, &str)] = &[
-        ("[[rules]]\nname = \"a\"\ncondition = { kind = \"process_running\", name = \"x\" }\nactions = [{ kind = \"event\" }]\n", 1, "version"),
-        ("version = 1\n[[rules]]\nname = \"a b\"\ncondition = { kind = \"process_running\", name = \"x\" }\nactions = [{ kind = \"event\" }]\n", 3, "rule name"),
-        ("version = 1\n[[rules]]\nname = \"a\"\ncondition = { kind = \"port_listening\", port = 1 }\nactions = [{ kind = \"kill\" }]\n", 5, "kill needs a process_running"),
-        ("version = 1\n[[rules]]\nname = \"a\"\ncondition = { kind = \"process_running\", name = \"a-very-long-process-name\" }\nactions = [{ kind = \"event\" }]\n", 4, "never match"),
-        ("version = 1\n[[rules]]\nname = \"a\"\ncondition = { kind = \"metric\", metric = \"cpu\" }\nactions = [{ kind = \"event\" }]\n", 4, "exactly one"),
-        ("version = 1\n[[rules]]\nname = \"a\"\ncondition = { kind = \"process_running\", name = \"x\" }\nactions = []\n", 5, "1-16 actions"),
-        ("version = 1\n[[rules]]\nname = \"a\"\ncondition = { kind = \"process_running\", name = \"x\" }\nactions = [{ kind = \"run_command\", argv = [\"rm\"] }]\n", 5, "absolute"),
-        ("version = 1\n[[rules]]\nname = \"a\"\ncondition = { kind = \"process_running\", name = \"x\" }\nactions = [{ kind = \"block\", address = \"10.0.0.300\" }]\n", 5, "address"),
-        ("version = 1\n[[rules]]\nname = \"a\"\ncondition = { kind = \"process_running\", name = \"x\" }\nactions = [{ kind = \"event\" }]\n[[rules]]\nname = \"a\"\ncondition = { kind = \"process_running\", name = \"y\" }\nactions = [{ kind = \"event\" }]\n", 7, "unique"),
+        (
+            "[[rules]]\nname = \"a\"\ncondition = { kind = \"process_running\", name = \"x\" }\nactions = [{ kind = \"event\" }]\n",
+            1,
+            "version",
+        ),
+        (
+            "version = 1\n[[rules]]\nname = \"a b\"\ncondition = { kind = \"process_running\", name = \"x\" }\nactions = [{ kind = \"event\" }]\n",
+            3,
+            "rule name",
+        ),
+        (
+            "version = 1\n[[rules]]\nname = \"a\"\ncondition = { kind = \"port_listening\", port = 1 }\nactions = [{ kind = \"kill\" }]\n",
+            5,
+            "kill needs a process_running",
+        ),
+        (
+            "version = 1\n[[rules]]\nname = \"a\"\ncondition = { kind = \"process_running\", name = \"a-very-long-process-name\" }\nactions = [{ kind = \"event\" }]\n",
+            4,
+            "never match",
+        ),
+        (
+            "version = 1\n[[rules]]\nname = \"a\"\ncondition = { kind = \"metric\", metric = \"cpu\" }\nactions = [{ kind = \"event\" }]\n",
+            4,
+            "exactly one",
+        ),
+        (
+            "version = 1\n[[rules]]\nname = \"a\"\ncondition = { kind = \"process_running\", name = \"x\" }\nactions = []\n",
+            5,
+            "1-16 actions",
+        ),
+        (
+            "version = 1\n[[rules]]\nname = \"a\"\ncondition = { kind = \"process_running\", name = \"x\" }\nactions = [{ kind = \"run_command\", argv = [\"rm\"] }]\n",
+            5,
+            "absolute",
+        ),
+        (
+            "version = 1\n[[rules]]\nname = \"a\"\ncondition = { kind = \"process_running\", name = \"x\" }\nactions = [{ kind = \"block\", address = \"10.0.0.300\" }]\n",
+            5,
+            "address",
+        ),
+        (
+            "version = 1\n[[rules]]\nname = \"a\"\ncondition = { kind = \"process_running\", name = \"x\" }\nactions = [{ kind = \"event\" }]\n[[rules]]\nname = \"a\"\ncondition = { kind = \"process_running\", name = \"y\" }\nactions = [{ kind = \"event\" }]\n",
+            7,
+            "unique",
+        ),
     ];
     for (text, line, needle) in cases {
         let e = error(text);
@@ -199,13 +246,20 @@ fn process_matchers_need_every_given_field_and_hash_lazily() {
         sha256: Some("aa"),
     };
     assert!(h.matches("x", None, || Some("AA".into())));
-    assert!(!h.matches("x", None, || None), "an unreadable binary never matches a hash");
+    assert!(
+        !h.matches("x", None, || None),
+        "an unreadable binary never matches a hash"
+    );
 }
 
 #[test]
 fn positions_count_characters_and_survive_odd_offsets() {
     assert_eq!(position("ab\ncd", 4), (2, 2));
-    assert_eq!(position("é\nx", 1), (1, 1), "mid-character offsets snap back");
+    assert_eq!(
+        position("é\nx", 1),
+        (1, 1),
+        "mid-character offsets snap back"
+    );
     assert_eq!(position("", 10), (1, 1));
     assert!(parse(&"x".repeat(MAX_TEXT_BYTES + 1)).is_err());
     assert!(parse("\u{0}").is_err());

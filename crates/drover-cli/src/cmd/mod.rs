@@ -7,6 +7,7 @@ mod devices;
 mod login;
 pub mod metrics;
 pub mod release;
+pub mod rules;
 mod server;
 mod sim;
 mod tokens;
@@ -33,6 +34,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Deploy(args) => deploy::deploy(&connect(g)?, args, g.json).await,
         Command::Deployments(cmd) => deploy::deployments(&connect(g)?, cmd, g.json).await,
         Command::Metrics(cmd) => metrics::run(&connect(g)?, cmd, g.json).await,
+        Command::Rules(cmd) => rules::run(&connect(g)?, cmd, g.json).await,
         Command::Sim(args) => sim::run(args, g).await,
         Command::Demo(args) => demo::run(args, g.json).await,
     }

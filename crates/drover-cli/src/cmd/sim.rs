@@ -270,6 +270,7 @@ pub async fn start_fleet(
             update,
             // Simulated devices send no telemetry.
             telemetry: None,
+            rules: None,
         };
         let mut global = global_stop.subscribe();
         tasks.spawn(async move {

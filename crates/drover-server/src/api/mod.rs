@@ -19,6 +19,7 @@ mod groups;
 mod metrics;
 mod middleware;
 mod releases;
+mod rules;
 mod system;
 mod tokens;
 pub mod validate;
@@ -132,6 +133,26 @@ const ACTIONS: &[(Method, &str, &str)] = &[
         "devices.preauthorize",
     ),
     (Method::POST, "/api/v1/groups", "groups.create"),
+    (
+        Method::PUT,
+        "/api/v1/groups/{name}/rules",
+        "groups.set_rules",
+    ),
+    (
+        Method::DELETE,
+        "/api/v1/groups/{name}/rules",
+        "groups.delete_rules",
+    ),
+    (
+        Method::PUT,
+        "/api/v1/devices/{id}/rules",
+        "devices.set_rules",
+    ),
+    (
+        Method::DELETE,
+        "/api/v1/devices/{id}/rules",
+        "devices.delete_rules",
+    ),
     (
         Method::PUT,
         "/api/v1/artifacts/{sha256}",
@@ -250,6 +271,16 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(groups::create, groups::list))
         .routes(routes!(groups::show, groups::delete))
         .routes(routes!(groups::set_desired))
+        .routes(routes!(
+            rules::put_group,
+            rules::get_group,
+            rules::delete_group
+        ))
+        .routes(routes!(
+            rules::put_device,
+            rules::get_device,
+            rules::delete_device
+        ))
         .routes(routes!(releases::artifact_head, releases::artifact_put))
         .routes(routes!(releases::create_release, releases::list_releases))
         .routes(routes!(releases::show_release))

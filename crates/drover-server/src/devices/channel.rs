@@ -235,11 +235,7 @@ async fn setup(
             conn.mark_pushed(applied_revision.clone());
         }
         let eff = match devices.groups().await {
-            Ok(groups) => {
-                devices
-                    .effective_with_update(&device, &groups, "online")
-                    .await
-            }
+            Ok(groups) => devices.effective_full(&device, &groups, "online").await,
             Err(e) => Err(e),
         };
         match eff {

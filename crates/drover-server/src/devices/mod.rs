@@ -13,6 +13,7 @@
 pub mod channel;
 pub mod enrollment;
 pub mod registry;
+pub mod rules;
 pub mod telemetry;
 pub mod updates;
 
@@ -70,6 +71,8 @@ pub struct Devices {
     groups: std::sync::RwLock<Option<Arc<Vec<GroupRecord>>>>,
     /// Each device's release target, cached the same way (see [`updates`]).
     targets: std::sync::RwLock<Option<Arc<updates::Targets>>>,
+    /// The stored rule sets, cached the same way (see [`rules`]).
+    rule_sets: std::sync::RwLock<Option<Arc<rules::RuleSets>>>,
     /// Telemetry checks, the ingestion queue and its writer (see [`telemetry`]).
     pub telemetry: telemetry::Ingest,
 }
@@ -83,6 +86,8 @@ pub struct Effective {
     pub groups: Vec<String>,
     /// The release the device should run (its deployment's target).
     pub update: Option<drover_proto::device::UpdateTarget>,
+    /// The rule set the device should run (see [`rules`]).
+    pub rules: Option<drover_proto::device::RuleSetTarget>,
 }
 
 /// Revision of a configuration: short hex SHA-256 of its canonical JSON, so
@@ -134,6 +139,7 @@ pub fn effective(device: &DeviceRecord, groups: &[GroupRecord], connection: &str
         config,
         groups: names,
         update: None,
+        rules: None,
     }
 }
 
@@ -148,6 +154,7 @@ impl Devices {
             shutting_down: Default::default(),
             groups: Default::default(),
             targets: Default::default(),
+            rule_sets: Default::default(),
             telemetry: telemetry::Ingest::new(Default::default()),
         }
     }
@@ -236,9 +243,7 @@ impl Devices {
             let Some(device) = self.store.get_device(&id).await? else {
                 continue;
             };
-            let eff = self
-                .effective_with_update(&device, &groups, "online")
-                .await?;
+            let eff = self.effective_full(&device, &groups, "online").await?;
             if conn.push_desired_if_changed(&eff) {
                 pushed += 1;
             }

@@ -80,6 +80,7 @@ impl Conn {
             revision: eff.revision.clone(),
             config: eff.config.clone(),
             update: eff.update.clone(),
+            rules: eff.rules.clone(),
         };
         if drover_proto::device::encode(&msg).len() > drover_proto::device::MAX_FRAME_BYTES {
             metrics::counter!("drover_desired_too_large_total").increment(1);

@@ -10,6 +10,7 @@
 //! milliseconds and plain records; the API layer turns them into documents.
 
 mod releases;
+mod rules;
 pub mod sql;
 pub mod telemetry;
 
@@ -17,6 +18,7 @@ pub use releases::{
     ArtifactRecord, DeploymentDeviceRecord, DeploymentRecord, ReleaseRecord, ReleaseStore,
     UpdateStatusRecord,
 };
+pub use rules::{RuleSetRecord, RuleStore};
 pub use telemetry::{TelemetrySettings, TelemetryStore};
 
 use async_trait::async_trait;
@@ -290,7 +292,7 @@ pub enum Change {
 
 /// Everything the control plane keeps.
 #[async_trait]
-pub trait Store: ReleaseStore + TelemetryStore + Send + Sync + 'static {
+pub trait Store: ReleaseStore + TelemetryStore + RuleStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Cheap round trip to the database, for `/healthz`.

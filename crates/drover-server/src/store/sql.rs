@@ -355,6 +355,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0004_telemetry.sql"),
         include_str!("../../migrations/postgres/0004_telemetry.sql"),
     ),
+    (
+        6,
+        "rules",
+        include_str!("../../migrations/sqlite/0006_rules.sql"),
+        include_str!("../../migrations/postgres/0006_rules.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {
@@ -786,4 +792,5 @@ impl Store for SqlStore {
 
 // After the macros above, which it uses.
 mod releases;
+mod rules;
 mod telemetry;
