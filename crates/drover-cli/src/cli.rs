@@ -85,6 +85,9 @@ pub enum Command {
     /// Agent-side rule sets of groups and devices (docs/rules.md).
     #[command(subcommand)]
     Rules(crate::cmd::rules::RulesCommand),
+    /// Alerts on the server (list, show, ack) and their rules.
+    #[command(subcommand)]
+    Alerts(crate::cmd::alerts::AlertsCommand),
     /// Run many simulated devices in this process, over the real protocol.
     Sim(SimArgs),
     /// Start a server on the embedded default with a simulated fleet to explore.

@@ -4,6 +4,7 @@
 //! must stay cheap to link into the on-device agent. The `openapi` feature
 //! derives OpenAPI schemas for the server; the agent builds without it.
 
+pub mod alerts;
 pub mod api;
 pub mod base64url;
 pub mod device;

@@ -9,6 +9,7 @@
 //! - [`devices`] is enrollment, control channels, presence and desired state.
 //! - [`http`] is the accept loop (TLS, HTTP/1.1, graceful shutdown).
 
+pub mod alerts;
 pub mod api;
 pub mod artifacts;
 pub mod auth;

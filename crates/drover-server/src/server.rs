@@ -361,6 +361,21 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     let state = AppState::new(devices.clone(), public_url.clone(), artifacts);
     let (tx, rx) = watch::channel(false);
     tokio::spawn(flush_presence(devices.clone(), rx.clone()));
+    // Alerts: evaluator, webhook queue, fleet gauges (docs/monitoring.md).
+    let alerting = Arc::new(crate::alerts::Alerting::new(
+        devices.clone(),
+        crate::alerts::AlertSettings::from_env(),
+    ));
+    tokio::spawn(crate::alerts::run_evaluator(alerting.clone(), rx.clone()));
+    tokio::spawn(crate::alerts::webhook::run_deliveries(
+        alerting.clone(),
+        rx.clone(),
+    ));
+    tokio::spawn(crate::telemetry::fleet::run(
+        devices.clone(),
+        alerting.settings.fleet_gauges_interval,
+        rx.clone(),
+    ));
     let app = router(state);
     let task = tokio::spawn(crate::http::serve(listener, tls, app, rx));
     tracing::info!(%local_addr, %public_url, backend = store.backend().as_str(), "drover server listening");

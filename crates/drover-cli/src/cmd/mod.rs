@@ -1,5 +1,6 @@
 //! One module per subcommand; [`run`] dispatches.
 
+pub mod alerts;
 mod audit;
 mod demo;
 pub mod deploy;
@@ -35,6 +36,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Deployments(cmd) => deploy::deployments(&connect(g)?, cmd, g.json).await,
         Command::Metrics(cmd) => metrics::run(&connect(g)?, cmd, g.json).await,
         Command::Rules(cmd) => rules::run(&connect(g)?, cmd, g.json).await,
+        Command::Alerts(cmd) => alerts::run(&connect(g)?, cmd, g.json).await,
         Command::Sim(args) => sim::run(args, g).await,
         Command::Demo(args) => demo::run(args, g.json).await,
     }

@@ -10,6 +10,7 @@
 //! a [`Caller`] or an [`AuthRejection`] in the request), audit (records every
 //! mutating call that is not already audited by its handler), handlers.
 
+mod alerts;
 mod audit_log;
 mod device_endpoints;
 mod devices;
@@ -166,6 +167,13 @@ const ACTIONS: &[(Method, &str, &str)] = &[
         "/api/v1/groups/{name}/desired",
         "groups.set_desired",
     ),
+    (Method::POST, "/api/v1/alert-rules", "alert_rules.create"),
+    (
+        Method::DELETE,
+        "/api/v1/alert-rules/{id}",
+        "alert_rules.delete",
+    ),
+    (Method::POST, "/api/v1/alerts/{id}/ack", "alerts.ack"),
 ];
 
 pub(crate) fn action_name(method: &Method, route: &str) -> String {
@@ -292,6 +300,11 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics::query))
         .routes(routes!(metrics::device_metrics))
         .routes(routes!(metrics::device_events))
+        .routes(routes!(alerts::create_rule, alerts::list_rules))
+        .routes(routes!(alerts::delete_rule))
+        .routes(routes!(alerts::list_alerts))
+        .routes(routes!(alerts::show_alert))
+        .routes(routes!(alerts::ack_alert))
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {

@@ -9,11 +9,13 @@
 //! This module never formats times or builds HTTP answers: it speaks in Unix
 //! milliseconds and plain records; the API layer turns them into documents.
 
+pub mod alerts;
 mod releases;
 mod rules;
 pub mod sql;
 pub mod telemetry;
 
+pub use alerts::AlertStore;
 pub use releases::{
     ArtifactRecord, DeploymentDeviceRecord, DeploymentRecord, ReleaseRecord, ReleaseStore,
     UpdateStatusRecord,
@@ -292,7 +294,9 @@ pub enum Change {
 
 /// Everything the control plane keeps.
 #[async_trait]
-pub trait Store: ReleaseStore + TelemetryStore + RuleStore + Send + Sync + 'static {
+pub trait Store:
+    ReleaseStore + TelemetryStore + RuleStore + AlertStore + Send + Sync + 'static
+{
     fn backend(&self) -> Backend;
 
     /// Cheap round trip to the database, for `/healthz`.

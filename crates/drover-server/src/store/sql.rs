@@ -356,6 +356,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0004_telemetry.sql"),
     ),
     (
+        5,
+        "alerts",
+        include_str!("../../migrations/sqlite/0005_alerts.sql"),
+        include_str!("../../migrations/postgres/0005_alerts.sql"),
+    ),
+    (
         6,
         "rules",
         include_str!("../../migrations/sqlite/0006_rules.sql"),
@@ -791,6 +797,7 @@ impl Store for SqlStore {
 }
 
 // After the macros above, which it uses.
+mod alerts;
 mod releases;
 mod rules;
 mod telemetry;
