@@ -205,8 +205,7 @@ fn insecure_http_and_public_url_checks() {
         .map(|d: rustls_pki_types::CertificateDer| d.to_vec())
         .unwrap();
     assert!(
-        der.windows(12)
-            .any(|w| w == b"fleet.example"[..12].as_ref()),
+        der.windows(12).any(|w| w == &b"fleet.example"[..12]),
         "certificate names the public host"
     );
 }
