@@ -134,6 +134,9 @@ fn sample_body(method: &Method, path: &str, public_key_pem: &str) -> Option<Stri
             r#"{"manifest":{"manifest":"{}","signatures":[]}}"#.to_string()
         }
         ("POST", "/api/v1/deployments") => r#"{"release":"none@1.0.0","group":"g"}"#.to_string(),
+        ("PUT", "/api/v1/groups/{name}/rules") | ("PUT", "/api/v1/devices/{id}/rules") => {
+            r#"{"text":"version = 1\n"}"#.to_string()
+        }
         _ => return None,
     };
     Some(body)
