@@ -52,14 +52,18 @@ fn sha256_of(path: &Path) -> String {
         .to_string()
 }
 
-/// The device's events on the server, as (name, labels, message).
+/// The device's events on the server, as (name, labels, message). Every
+/// one is of this boot: rule events add no boot the server could mistake
+/// for a reboot.
 fn events(cli: &Cli, device: &str) -> Vec<(String, Value, String)> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     let v = cli.json(&["metrics", "events", device, "--since", "1h"]);
     v["events"]
         .as_array()
         .unwrap()
         .iter()
         .map(|e| {
+            assert_eq!(e["boot_id"], boot.trim(), "{e}");
             (
                 e["name"].as_str().unwrap().to_string(),
                 e["labels"].clone(),

@@ -264,3 +264,27 @@ fn positions_count_characters_and_survive_odd_offsets() {
     assert!(parse(&"x".repeat(MAX_TEXT_BYTES + 1)).is_err());
     assert!(parse("\u{0}").is_err());
 }
+
+#[test]
+fn the_examples_in_docs_rules_md_parse() {
+    let doc = include_str!("../../../docs/rules.md");
+    let mut checked = 0;
+    for block in doc.split("```toml\n").skip(1) {
+        let text = block.split("```").next().unwrap();
+        if !text.contains("version =") {
+            continue; // the agent.toml policy snippet
+        }
+        parse(text).unwrap_or_else(|e| panic!("docs/rules.md example: {e}\n{text}"));
+        checked += 1;
+    }
+    assert!(checked >= 2, "the examples were found");
+    let e = parse(
+        "version = 2\n\n[[rules]]\nname = \"x\"\ncondition = { kind = \"process_running\", name = \"x\" }\nactions = [{ kind = \"reboot\" }]\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "line 6, column 12: rule \"x\": action: unknown variant `reboot`, expected one of `event`, `kill`, `stop_service`, `run_command`, `block`",
+        "the message docs/rules.md shows"
+    );
+}

@@ -21,11 +21,12 @@
 //! destructive action and every load or refusal becomes a telemetry event.
 //! The telemetry task has no way to take records from outside yet, so the
 //! engine sends its own small batches on the control channel
-//! (`AgentMessage::Telemetry`) under its own stream id (`rules-<start
-//! time>` in place of a boot id): kept in memory (bounded; drops are
-//! counted in the batch like the telemetry buffer does), oldest first, one
-//! batch in flight, deleted when acknowledged. They do not survive an agent
-//! restart; see docs/rules.md.
+//! (`AgentMessage::Telemetry`) under this boot's id, with sequence numbers
+//! from a range telemetry never reaches ([`SEQ_BASE`] plus the boot time of
+//! the agent's start, so a restarted agent never reuses one): kept in
+//! memory (bounded; drops are counted in the batch like the telemetry
+//! buffer does), oldest first, one batch in flight, deleted when
+//! acknowledged. They do not survive an agent restart; see docs/rules.md.
 //!
 //! This module never runs an action the local policy (`[rules.policy]`)
 //! does not allow, and never signals the agent, its parent or pid 1.
@@ -176,6 +177,11 @@ struct Stored {
 
 const FILE: &str = "rules.json";
 
+/// Rule events are numbered from here up, within the boot's sequence space:
+/// far above anything the telemetry buffer reaches, so the two never
+/// collide and acks tell which one they are for.
+pub const SEQ_BASE: u64 = 1 << 62;
+
 impl RulesHandle {
     /// Loads the stored set (if any) and starts the engine on the current
     /// runtime.
@@ -187,7 +193,13 @@ impl RulesHandle {
         let (status_tx, status_rx) = watch::channel(RulesStatus::default());
         let (result_tx, result_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(RulesStats::default());
-        let stream = format!("rules-{}", crate::enroll::now_ms());
+        // This boot's id, as telemetry uses (a separate id would look like a
+        // reboot to the server); a private one only where there is none.
+        let stream = crate::telemetry::clock::boot_id()
+            .unwrap_or_else(|_| format!("rules-{}", crate::enroll::now_ms()));
+        // Milliseconds since boot at start, times 2^20: each start of the
+        // agent gets fresh numbers for about a million events.
+        let first_seq = SEQ_BASE + (crate::telemetry::clock::boottime_ms() << 20);
         let mut task = Task {
             collector: crate::telemetry::collect::Collector::new(
                 &parts.proc_dir,
@@ -201,7 +213,7 @@ impl RulesHandle {
             status: status_tx,
             hashes: HashCache::default(),
             pending: VecDeque::new(),
-            next_seq: 1,
+            next_seq: first_seq,
             dropped: 0,
             in_flight: None,
             connected: false,
@@ -234,9 +246,10 @@ impl RulesHandle {
         self.connected.send_replace(up);
     }
 
-    /// Whether a telemetry ack is for the rules' own event stream.
+    /// Whether a telemetry ack is for the rules' events (their sequence
+    /// range), not for the telemetry buffer's.
     pub fn owns(&self, ack: &TelemetryAck) -> bool {
-        ack.boot_id == self.stream
+        ack.boot_id == self.stream && ack.up_to_seq >= SEQ_BASE
     }
 
     pub fn ack(&self, ack: TelemetryAck) {
@@ -843,7 +856,9 @@ impl Task {
     /// Hands one batch to the channel when connected and none is in flight
     /// (or the one in flight went unanswered for 30 s).
     fn flush(&mut self) {
-        if !self.connected || (self.pending.is_empty() && self.dropped == 0) {
+        // Only batches with records: an empty one would be acked with
+        // seq 0, which could not be told from a telemetry ack.
+        if !self.connected || self.pending.is_empty() {
             return;
         }
         if self
@@ -879,7 +894,7 @@ impl Task {
     }
 
     fn on_ack(&mut self, ack: TelemetryAck) {
-        if ack.boot_id != self.stream {
+        if ack.boot_id != self.stream || ack.up_to_seq < SEQ_BASE {
             return;
         }
         if !ack.rejected.is_empty() {
