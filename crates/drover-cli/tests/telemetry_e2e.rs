@@ -231,6 +231,26 @@ fn records_made_while_the_server_is_down_arrive_once_at_their_time_and_in_order(
         "seq order is time order"
     );
     assert_eq!(s.dropped_total(), 0);
+    // The fleet aggregate sees the same: every increment once, in buckets
+    // of the time the points were made, in time order.
+    let agg = s
+        .cli
+        .json(&["metrics", "query", "sum(e2e.c0) by device", "--since", "1h"]);
+    let series = agg["series"].as_array().expect("series");
+    assert_eq!(series.len(), 1, "{agg}");
+    assert_eq!(series[0]["group"], s.device.as_str(), "{agg}");
+    let buckets = series[0]["buckets"].as_array().unwrap();
+    let total: f64 = buckets.iter().map(|b| b["value"].as_f64().unwrap()).sum();
+    assert_eq!(total, rounds as f64, "{agg}");
+    let starts: Vec<i64> = buckets
+        .iter()
+        .map(|b| b["start_ms"].as_i64().unwrap())
+        .collect();
+    assert!(starts.windows(2).all(|w| w[0] < w[1]), "{agg}");
+    assert!(
+        starts.iter().all(|t| *t >= down_at - 120_000 && *t < up_at),
+        "buckets at the original times: {agg}"
+    );
 }
 
 #[test]
