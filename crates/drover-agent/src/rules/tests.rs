@@ -389,3 +389,37 @@ async fn blocks_go_through_nft_or_say_clearly_that_they_cannot() {
         .unwrap();
     assert!(!gone.status.success(), "the table is removed");
 }
+
+#[test]
+fn the_rules_section_of_agent_toml_defaults_to_events_only_and_refuses_typos() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, "").unwrap();
+    let c = crate::config::AgentConfig::load(&path, true).unwrap();
+    assert!(c.rules.enabled);
+    assert_eq!(c.rules.interval_secs, 2);
+    assert_eq!(
+        c.rules.policy,
+        Policy::default(),
+        "nothing destructive by default"
+    );
+    std::fs::write(
+        &path,
+        "[rules]\ninterval_secs = 5\n[rules.policy]\nallow = [\"kill\", \"block\"]\n",
+    )
+    .unwrap();
+    let c = crate::config::AgentConfig::load(&path, true).unwrap();
+    assert_eq!(c.rules.interval_secs, 5);
+    assert!(
+        c.rules.policy.allows(ActionKind::Kill) && !c.rules.policy.allows(ActionKind::RunCommand)
+    );
+    for bad in [
+        "[rules.policy]\nallow = [\"reboot\"]\n",
+        "[rules]\nintervall_secs = 5\n",
+        "[rules]\ninterval_secs = 0\n",
+    ] {
+        std::fs::write(&path, bad).unwrap();
+        let e = crate::config::AgentConfig::load(&path, true).unwrap_err();
+        assert!(e.contains("agent.toml"), "{bad}: {e}");
+    }
+}
