@@ -288,3 +288,21 @@ fn the_examples_in_docs_rules_md_parse() {
         "the message docs/rules.md shows"
     );
 }
+
+proptest::proptest! {
+    /// Any text: no panic, and a refusal points inside the text.
+    #[test]
+    fn any_text_is_parsed_or_refused_at_a_position_inside_it(
+        text in "(version = [0-9]{1,3}\n|\\[\\[rules\\]\\]\n|name = \"[a-z]{1,4}\"\n|condition = \\{ kind = \"(process_running|port_listening|metric)\", [a-z]{1,5} = [0-9a-z\"]{1,6} \\}\n|actions = \\[\\{ kind = \"(event|kill|block)\" \\}\\]\n|[ -~]{0,12}\n){0,12}"
+    ) {
+        match parse(&text) {
+            Err(e) => {
+                let lines: Vec<&str> = text.split('\n').collect();
+                proptest::prop_assert!(e.line >= 1 && e.line <= lines.len(), "{} for {:?}", e, text);
+                let len = lines[e.line - 1].chars().count();
+                proptest::prop_assert!(e.column >= 1 && e.column <= len + 1, "{} for {:?}", e, text);
+            }
+            Ok(set) => proptest::prop_assert!(!set.version.is_empty()),
+        }
+    }
+}
