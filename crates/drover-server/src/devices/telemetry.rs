@@ -371,13 +371,45 @@ async fn writer(store: Arc<dyn Store>, settings: TelemetrySettings, mut rx: mpsc
     }
 }
 
+/// `write_telemetry`, tried again a few times when the database is busy.
+/// SQLite refuses a deferred transaction that read before another
+/// connection committed a write (SQLITE_BUSY without waiting for the busy
+/// timeout); the write is idempotent (deduplicated by (device, boot, seq)),
+/// so trying again is safe.
+async fn write_retrying(
+    store: &dyn Store,
+    writes: &[TelemetryWrite],
+) -> StoreResult<Vec<crate::store::telemetry::WriteOutcome>> {
+    let mut attempt = 0u64;
+    loop {
+        match store.write_telemetry(writes).await {
+            Err(StoreError::Unavailable(e)) if attempt < 5 => {
+                attempt += 1;
+                metrics::counter!("drover_telemetry_write_retries_total").increment(1);
+                tracing::debug!(error = %e, attempt, "telemetry write busy; trying again");
+                tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Resolves, writes and answers `jobs`; when a shared transaction fails,
 /// each job is retried alone so one bad batch cannot fail the others.
 async fn write_jobs(store: &dyn Store, s: &TelemetrySettings, caches: &mut Caches, jobs: Vec<Job>) {
     let mut ready: Vec<(Job, Vec<u64>)> = Vec::with_capacity(jobs.len());
     let mut writes: Vec<TelemetryWrite> = Vec::with_capacity(jobs.len());
     for job in jobs {
-        match resolve(store, s, caches, &job).await {
+        let mut resolved = resolve(store, s, caches, &job).await;
+        for attempt in 1..=5u64 {
+            // Busy, as for writes (see `write_retrying`).
+            if !matches!(resolved, Err(StoreError::Unavailable(_))) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+            resolved = resolve(store, s, caches, &job).await;
+        }
+        match resolved {
             Ok((write, over)) => {
                 ready.push((job, over));
                 writes.push(write);
@@ -390,7 +422,7 @@ async fn write_jobs(store: &dyn Store, s: &TelemetrySettings, caches: &mut Cache
     if ready.is_empty() {
         return;
     }
-    match store.write_telemetry(&writes).await {
+    match write_retrying(store, &writes).await {
         Ok(outcomes) => {
             for ((job, over), outcome) in ready.into_iter().zip(outcomes) {
                 let _ = job.reply.send(Ok(JobDone {
@@ -406,8 +438,7 @@ async fn write_jobs(store: &dyn Store, s: &TelemetrySettings, caches: &mut Cache
         Err(e) => {
             tracing::warn!(error = %e, batches = ready.len(), "shared telemetry transaction failed; writing batches one by one");
             for ((job, over), write) in ready.into_iter().zip(writes) {
-                let r = store
-                    .write_telemetry(std::slice::from_ref(&write))
+                let r = write_retrying(store, std::slice::from_ref(&write))
                     .await
                     .map(|mut o| JobDone {
                         outcome: o.pop().unwrap_or_default(),

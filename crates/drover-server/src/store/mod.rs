@@ -77,9 +77,18 @@ impl From<sqlx::Error> for StoreError {
                 Some(c) if c.starts_with("08") || c.starts_with("57P") || c == "53300" => {
                     StoreError::Unavailable(e.to_string())
                 }
-                // SQLite: SQLITE_BUSY / SQLITE_LOCKED after the busy timeout,
+                // SQLite (numeric codes, shorter than a SQLSTATE): SQLITE_BUSY
+                // and SQLITE_LOCKED with their extended codes (517,
+                // BUSY_SNAPSHOT: a deferred transaction that read before
+                // another connection wrote, refused without waiting),
                 // SQLITE_FULL (disk full), SQLITE_CANTOPEN.
-                Some("5" | "6" | "13" | "14") => StoreError::Unavailable(e.to_string()),
+                Some(c)
+                    if c.len() < 5
+                        && c.parse::<i32>()
+                            .is_ok_and(|n| matches!(n & 0xff, 5 | 6 | 13 | 14)) =>
+                {
+                    StoreError::Unavailable(e.to_string())
+                }
                 _ => StoreError::Database(e.to_string()),
             },
             E::ColumnDecode { .. } | E::Decode(_) | E::ColumnNotFound(_) => {
