@@ -131,6 +131,19 @@ pub fn supervise(opts: &SupervisorOptions, signal: &AtomicI32) -> i32 {
         for (k, v) in &opts.envs {
             cmd.env(k, v);
         }
+        // If the supervisor dies without forwarding a signal (SIGKILL), its
+        // agent gets SIGTERM from the kernel instead of living on as an
+        // orphan next to the agent a restarted supervisor would start.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork
+        // and exec here.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         tracing::info!(exe = %exe.display(), version = version.as_deref().unwrap_or("built-in"), trial = trial.is_some(), "starting the agent");
         let mut child = match cmd.spawn() {
             Ok(c) => c,
