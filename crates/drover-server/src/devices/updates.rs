@@ -109,8 +109,11 @@ impl Devices {
             .await?;
         if !stored {
             tracing::info!(deployment = %status.deployment_id, "update status for a deployment this device is not part of; ignored");
+        } else if status.state.is_final() {
+            tracing::info!(deployment = %status.deployment_id, state = status.state.as_str(), reason = ?status.reason, "update finished");
         } else {
-            tracing::info!(deployment = %status.deployment_id, state = status.state.as_str(), reason = ?status.reason, "update status");
+            // Progress arrives every few seconds per downloading device.
+            tracing::debug!(deployment = %status.deployment_id, state = status.state.as_str(), progress = ?status.progress, "update status");
         }
         Ok(
             (status.state.is_final() || !stored).then(|| ServerMessage::UpdateAck {
